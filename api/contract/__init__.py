@@ -1,0 +1,13 @@
+"""The data contract shared by the seeder and the API: SQL schema, Redis key layout, record renderer.
+
+Nothing outside this package defines a table, a Redis key or a JSON field. The seeder imports it;
+it imports nothing from the seeder.
+"""
+
+from api.contract.bookings import BOOKINGS
+from api.contract.dataset import REDIS_HASH_CONFIG, SCHEMA_SQL, Dataset
+from api.contract.students import STUDENTS
+
+DATASETS: tuple[Dataset, ...] = (STUDENTS, BOOKINGS)
+
+__all__ = ["BOOKINGS", "DATASETS", "REDIS_HASH_CONFIG", "SCHEMA_SQL", "STUDENTS", "Dataset"]

@@ -1,0 +1,79 @@
+"""Exam results: one student, their stream's subjects and scores."""
+
+from __future__ import annotations
+
+import orjson
+
+from api.contract.dataset import Dataset, Row
+
+MAX_STUDENT_ID = 2_147_483_647  # the students.id column is a Postgres integer
+_MAX_DIGITS = len(str(MAX_STUDENT_ID))
+STUDENTS_PER_HASH = 100
+
+
+def parse_student_id(raw: str) -> int | None:
+    """Plain ASCII digits, no sign, no leading zero, no separators: int() alone would take
+    '+5', '007', '1_000', ' 5' and non-ASCII digits, which are not registration numbers."""
+    if 0 < len(raw) <= _MAX_DIGITS and raw.isascii() and raw.isdigit() and raw[0] != "0":
+        student_id = int(raw)
+        if student_id <= MAX_STUDENT_ID:
+            return student_id
+    return None
+
+
+def student_slot(student_id: int) -> tuple[str, str]:
+    bucket, field = divmod(student_id, STUDENTS_PER_HASH)
+    return f"students:{bucket}", str(field)
+
+
+# Formatting happens in SQL (dates as text) so both paths hand render() the same values.
+_SELECT = """
+SELECT s.id, s.full_name, s.sex, to_char(s.birth_date, 'YYYY-MM-DD'), s.school, s.region,
+       s.stream, s.exam_year, s.total, s.max_total, s.passed, sc.subjects, sc.scores
+FROM students s
+CROSS JOIN LATERAL (
+    SELECT array_agg(sub.name ORDER BY sub.id) AS subjects,
+           array_agg(x.score ORDER BY sub.id) AS scores
+    FROM student_scores x JOIN subjects sub ON sub.id = x.subject_id
+    WHERE x.student_id = s.id
+) sc
+"""
+
+
+def render_student(row: Row) -> bytes:
+    (sid, name, sex, birth_date, school, region, stream, year, total, max_total, passed,
+     subjects, scores) = row
+    return orjson.dumps(
+        {
+            "id": sid,
+            "name": name,
+            "sex": sex,
+            "birth_date": birth_date,
+            "school": school,
+            "region": region,
+            "stream": stream,
+            "exam_year": year,
+            "scores": [
+                {"subject": subject, "score": score}
+                for subject, score in zip(subjects or (), scores or (), strict=True)
+            ],
+            "total": total,
+            "max_total": max_total,
+            "passed": passed,
+        }
+    )
+
+
+STUDENTS = Dataset(
+    name="students",
+    noun="student",
+    id_rule=(
+        f"a student id is a registration number: plain digits without sign, leading zeros or "
+        f"separators, from 1 to {MAX_STUDENT_ID}"
+    ),
+    parse_id=parse_student_id,
+    slot=student_slot,
+    select_one=_SELECT + "WHERE s.id = %s",
+    select_all=_SELECT + "ORDER BY s.id",
+    render=render_student,
+)

@@ -1,0 +1,75 @@
+"""Every knob of surge, read from the environment once. Defaults work on a developer's machine."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from typing import Any
+
+_PREFIX = "SURGE_"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Environment variables are the field names upper-cased with the SURGE_ prefix."""
+
+    database_url: str = "postgresql://surge:surge@127.0.0.1:5432/surge"
+    """Postgres, the source of truth (libpq URL)."""
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    """Redis, the read cache the seeder fills."""
+
+    students: int = 664_824
+    """How many students the seeder makes (ids start at 10,000)."""
+    bookings: int = 500_000
+    """How many bookings the seeder makes."""
+    seed: int = 2026
+    """Seed of the generator: the same seed gives the same data."""
+
+    redis_timeout: float = 0.1
+    """Seconds one Redis call may take before the request falls back to Postgres."""
+    redis_pool_size: int = 256
+    """Redis connections per replica; matches the replica's concurrency cap (backpressure)."""
+    redis_breaker_failures: int = 3
+    """Consecutive Redis failures that open the circuit (stop asking Redis)."""
+    redis_breaker_cooldown: float = 2.0
+    """Seconds the circuit stays open before one request tries Redis again."""
+
+    pg_pool_min: int = 2
+    """Postgres connections each replica keeps open."""
+    pg_pool_max: int = 8
+    """Postgres connections each replica may open (misses only: keep it small)."""
+    pg_wait_timeout: float = 0.5
+    """Seconds a request waits for a Postgres connection before it gets 503."""
+    pg_max_waiting: int = 64
+    """Requests allowed to queue for a Postgres connection; more get 503 at once."""
+    pg_statement_timeout_ms: int = 2000
+    """Server-side cap on one lookup query."""
+    pg_connect_timeout: int = 2
+    """Seconds to open a Postgres connection."""
+
+    negative_cache_ttl: float = 30.0
+    """Seconds an unknown id is remembered as unknown, so floods of it skip Postgres."""
+    negative_cache_size: int = 100_000
+    """Unknown ids remembered per replica at most."""
+    retry_after: int = 1
+    """Retry-After seconds on a 503."""
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(_PREFIX + f.name.upper())
+            if raw is not None and raw != "":
+                kind = type(f.default)
+                values[f.name] = kind(raw.replace("_", "")) if kind is int else kind(raw)
+        values.update(overrides)
+        return cls(**values)
+
+
+def env_name(setting: str) -> str:
+    """The environment variable behind a settings field, for messages and docs."""
+    return _PREFIX + setting.upper()
+
+
+__all__ = ["Settings", "env_name"]
