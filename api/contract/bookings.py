@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-import orjson
+import msgspec
 
 from api.contract.dataset import Dataset, Row
 
@@ -47,27 +47,67 @@ JOIN events e ON e.id = sh.event_id
 """
 
 
+class EventRef(msgspec.Struct, frozen=True):
+    id: str
+    name: str
+    venue: str
+    city: str
+
+
+class ShowRef(msgspec.Struct, frozen=True):
+    id: str
+    starts_at: str
+
+
+class ZoneRef(msgspec.Struct, frozen=True):
+    id: str
+    name: str
+
+
+class BookingRecord(msgspec.Struct, frozen=True):
+    """A booking as served by GET /bookings/{id}: the JSON fields, in order. Prices are decimal
+    strings (no float rounding); times are UTC RFC 3339; confirmed_at/expires_at may be null."""
+
+    id: str
+    user_id: str
+    status: str
+    confirmation_code: str
+    quantity: int
+    unit_price: str
+    total_price: str
+    currency: str
+    reserved_at: str
+    confirmed_at: str | None
+    expires_at: str | None
+    event: EventRef
+    show: ShowRef
+    zone: ZoneRef
+
+
+_encode = msgspec.json.Encoder().encode
+
+
 def render_booking(row: Row) -> bytes:
     (bid, user_id, status, code, quantity, unit_price, total_price, currency,
      reserved_at, confirmed_at, expires_at,
      event_id, event_name, venue, city, show_id, starts_at, zone_id, zone_name) = row
-    return orjson.dumps(
-        {
-            "id": bid,
-            "user_id": user_id,
-            "status": status,
-            "confirmation_code": code,
-            "quantity": quantity,
-            "unit_price": unit_price,
-            "total_price": total_price,
-            "currency": currency,
-            "reserved_at": reserved_at,
-            "confirmed_at": confirmed_at,
-            "expires_at": expires_at,
-            "event": {"id": event_id, "name": event_name, "venue": venue, "city": city},
-            "show": {"id": show_id, "starts_at": starts_at},
-            "zone": {"id": zone_id, "name": zone_name},
-        }
+    return _encode(
+        BookingRecord(
+            id=bid,
+            user_id=user_id,
+            status=status,
+            confirmation_code=code,
+            quantity=quantity,
+            unit_price=unit_price,
+            total_price=total_price,
+            currency=currency,
+            reserved_at=reserved_at,
+            confirmed_at=confirmed_at,
+            expires_at=expires_at,
+            event=EventRef(id=event_id, name=event_name, venue=venue, city=city),
+            show=ShowRef(id=show_id, starts_at=starts_at),
+            zone=ZoneRef(id=zone_id, name=zone_name),
+        )
     )
 
 
@@ -80,4 +120,5 @@ BOOKINGS = Dataset(
     select_one=_SELECT + "WHERE b.id = %s::uuid",
     select_all=_SELECT + "ORDER BY b.id",
     render=render_booking,
+    record_type=BookingRecord,
 )

@@ -41,6 +41,8 @@ class Dataset:
     """SQL for every record, ordered by id, same columns: what the seeder copies into Redis."""
     render: Callable[[Row], bytes]
     """The record's JSON bytes from a row of select_one/select_all: the exact bytes served."""
+    record_type: type
+    """The msgspec Struct render() encodes: the one definition of the JSON fields (and docs)."""
 
     def record_id(self, row: Row) -> Any:
         """The canonical id of a selected row (always its first column)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import orjson
+import msgspec
 
 from api.contract.dataset import Dataset, Row
 
@@ -40,27 +40,52 @@ CROSS JOIN LATERAL (
 """
 
 
+class SubjectScore(msgspec.Struct, frozen=True):
+    subject: str
+    score: int
+
+
+class StudentRecord(msgspec.Struct, frozen=True):
+    """An exam result as served by GET /students/{id}: the JSON fields, in order."""
+
+    id: int
+    name: str
+    sex: str
+    birth_date: str
+    school: str
+    region: str
+    stream: str
+    exam_year: int
+    scores: list[SubjectScore]
+    total: int
+    max_total: int
+    passed: bool
+
+
+_encode = msgspec.json.Encoder().encode
+
+
 def render_student(row: Row) -> bytes:
     (sid, name, sex, birth_date, school, region, stream, year, total, max_total, passed,
      subjects, scores) = row
-    return orjson.dumps(
-        {
-            "id": sid,
-            "name": name,
-            "sex": sex,
-            "birth_date": birth_date,
-            "school": school,
-            "region": region,
-            "stream": stream,
-            "exam_year": year,
-            "scores": [
-                {"subject": subject, "score": score}
+    return _encode(
+        StudentRecord(
+            id=sid,
+            name=name,
+            sex=sex,
+            birth_date=birth_date,
+            school=school,
+            region=region,
+            stream=stream,
+            exam_year=year,
+            scores=[
+                SubjectScore(subject=subject, score=score)
                 for subject, score in zip(subjects or (), scores or (), strict=True)
             ],
-            "total": total,
-            "max_total": max_total,
-            "passed": passed,
-        }
+            total=total,
+            max_total=max_total,
+            passed=passed,
+        )
     )
 
 
@@ -76,4 +101,5 @@ STUDENTS = Dataset(
     select_one=_SELECT + "WHERE s.id = %s",
     select_all=_SELECT + "ORDER BY s.id",
     render=render_student,
+    record_type=StudentRecord,
 )
