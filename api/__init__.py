@@ -1,1 +1,1 @@
-"""surge API: Litestar replicas answering exam-result and booking lookups from Redis, backed by Postgres."""
+"""surge API: Litestar replicas answering lookups from Redis, backed by Postgres."""

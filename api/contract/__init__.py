@@ -1,4 +1,4 @@
-"""The data contract shared by the seeder and the API: SQL schema, Redis key layout, record renderer.
+"""The data contract shared by seeder and API: SQL schema, Redis key layout, record renderer.
 
 Nothing outside this package defines a table, a Redis key or a JSON field. The seeder imports it;
 it imports nothing from the seeder.

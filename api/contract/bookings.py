@@ -88,9 +88,27 @@ _encode = msgspec.json.Encoder().encode
 
 
 def render_booking(row: Row) -> bytes:
-    (bid, user_id, status, code, quantity, unit_price, total_price, currency,
-     reserved_at, confirmed_at, expires_at,
-     event_id, event_name, venue, city, show_id, starts_at, zone_id, zone_name) = row
+    (
+        bid,
+        user_id,
+        status,
+        code,
+        quantity,
+        unit_price,
+        total_price,
+        currency,
+        reserved_at,
+        confirmed_at,
+        expires_at,
+        event_id,
+        event_name,
+        venue,
+        city,
+        show_id,
+        starts_at,
+        zone_id,
+        zone_name,
+    ) = row
     return _encode(
         BookingRecord(
             id=bid,

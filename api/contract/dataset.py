@@ -23,7 +23,7 @@ Row = Sequence[Any]
 
 @dataclass(frozen=True, slots=True)
 class Dataset:
-    """One kind of record: how its ids look, where it lives in Redis, how it is read and rendered."""
+    """One kind of record: its ids, its place in Redis, how it is read and rendered."""
 
     name: str
     """Plural name: the route segment (/students/{id}), the table, the metric label."""

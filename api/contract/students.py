@@ -66,8 +66,21 @@ _encode = msgspec.json.Encoder().encode
 
 
 def render_student(row: Row) -> bytes:
-    (sid, name, sex, birth_date, school, region, stream, year, total, max_total, passed,
-     subjects, scores) = row
+    (
+        sid,
+        name,
+        sex,
+        birth_date,
+        school,
+        region,
+        stream,
+        year,
+        total,
+        max_total,
+        passed,
+        subjects,
+        scores,
+    ) = row
     return _encode(
         StudentRecord(
             id=sid,

@@ -1,0 +1,112 @@
+"""The surge API: `create_app()` builds it; Granian serves it (`--interface asgi --factory`)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import msgspec
+from litestar import Litestar, MediaType, Response, get
+from litestar.exceptions import ValidationException
+from litestar.handlers import HTTPRouteHandler
+from litestar.openapi import OpenAPIConfig, ResponseSpec
+from litestar.openapi.plugins import SwaggerRenderPlugin
+
+from api.contract import DATASETS, Dataset
+from api.errors import EXCEPTION_HANDLERS, Problem, problem_response
+from api.lookup import Lookup
+from api.settings import Settings
+
+_encode = msgspec.json.Encoder().encode
+
+
+class Readiness(msgspec.Struct, frozen=True):
+    status: str
+    components: dict[str, str]
+
+
+def record_route(dataset: Dataset, lookup: Lookup) -> HTTPRouteHandler:
+    """GET /{dataset}/{id}: parse the id, look the record up, send its stored bytes as they are."""
+    parse_id = dataset.parse_id
+    not_found = f"No {dataset.noun} with this id."
+
+    async def read_record(record_id: str) -> Response[bytes]:
+        key = parse_id(record_id)
+        if key is None:
+            raise ValidationException(detail=f"Invalid {dataset.noun} id: {dataset.id_rule}.")
+        body = await lookup.get(dataset, key)
+        if body is None:
+            return problem_response(404, "Not Found", not_found)
+        return Response(body, media_type=MediaType.JSON)
+
+    return get(
+        f"/{dataset.name}/{{record_id:str}}",
+        operation_id=f"get_{dataset.noun}",
+        summary=f"One {dataset.noun} by id",
+        description=dataset.id_rule[0].upper() + dataset.id_rule[1:] + ".",
+        tags=[dataset.name],
+        responses={
+            200: ResponseSpec(dataset.record_type, description=f"The {dataset.noun}"),
+            400: ResponseSpec(
+                Problem, description="Malformed id", media_type="application/problem+json"
+            ),
+            404: ResponseSpec(
+                Problem, description="No such record", media_type="application/problem+json"
+            ),
+            503: ResponseSpec(
+                Problem,
+                description="No store can answer now; see Retry-After",
+                media_type="application/problem+json",
+            ),
+        },
+    )(read_record)
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    settings = settings or Settings.from_env()
+    lookup = Lookup(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        await lookup.open()
+        try:
+            yield
+        finally:
+            await lookup.close()
+
+    @get("/health", tags=["operations"], summary="The process is alive")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @get(
+        "/ready",
+        tags=["operations"],
+        summary="Redis and Postgres reachable",
+        responses={503: ResponseSpec(Readiness, description="A store is unreachable")},
+    )
+    async def ready() -> Response[Readiness]:
+        components = await lookup.readiness()
+        is_ready = all(state == "up" for state in components.values())
+        return Response(
+            Readiness(status="ready" if is_ready else "not ready", components=components),
+            status_code=200 if is_ready else 503,
+        )
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    app = Litestar(
+        route_handlers=[*(record_route(d, lookup) for d in DATASETS), health, ready],
+        lifespan=[lifespan],
+        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        openapi_config=OpenAPIConfig(
+            title="surge",
+            version="0.1.0",
+            description="Exam results and ticket bookings, read at spike scale.",
+            path="/docs",
+            render_plugins=[SwaggerRenderPlugin()],
+        ),
+        logging_config=None,
+        debug=False,
+    )
+    app.state.lookup = lookup
+    return app

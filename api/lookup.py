@@ -1,0 +1,209 @@
+"""Read path: Redis first; on a miss or a Redis fault, Postgres, written back to Redis.
+
+Both stores are bounded in time: a request never waits on Redis longer than
+SURGE_REDIS_TIMEOUT, nor on a Postgres connection longer than SURGE_PG_WAIT_TIMEOUT.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import psycopg
+import redis.asyncio as aioredis
+from psycopg_pool import AsyncConnectionPool, PoolTimeout, TooManyRequests
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from api.contract import Dataset
+from api.errors import ServiceUnavailable
+from api.settings import Settings
+
+log = logging.getLogger("surge.lookup")
+
+# What a failing Redis raises through redis-py: its own errors, socket errors, timeouts.
+REDIS_FAULTS = (RedisError, OSError, TimeoutError)
+POSTGRES_FAULTS = (psycopg.Error, PoolTimeout, TooManyRequests, OSError)
+
+
+class CircuitBreaker:
+    """Stops calling Redis after repeated failures; after a cooldown one request probes it.
+
+    Closed: every request may call. Open (threshold consecutive failures): none may, until
+    the cooldown ends; then the first caller probes, and a success closes the circuit.
+    """
+
+    def __init__(self, threshold: int, cooldown: float) -> None:
+        self.threshold = threshold
+        self.cooldown = cooldown
+        self.failures = 0
+        self.open_until = 0.0
+
+    @property
+    def is_open(self) -> bool:
+        return self.failures >= self.threshold
+
+    def allows(self) -> bool:
+        if self.failures < self.threshold:
+            return True
+        now = time.monotonic()
+        if now < self.open_until:
+            return False
+        self.open_until = now + self.cooldown  # this caller probes; the rest wait another round
+        return True
+
+    def record_success(self) -> None:
+        self.failures = 0
+
+    def record_failure(self) -> None:
+        self.failures += 1
+        if self.failures >= self.threshold:
+            self.open_until = time.monotonic() + self.cooldown
+
+
+class NegativeCache:
+    """Ids known to be absent, for a while: a flood of one unknown id reaches Postgres once.
+
+    Bounded: when full, the oldest entries go first (dicts keep insertion order).
+    """
+
+    def __init__(self, ttl: float, size: int) -> None:
+        self.ttl = ttl
+        self.size = size
+        self._expiry: dict[tuple[str, Any], float] = {}
+
+    def __contains__(self, key: tuple[str, Any]) -> bool:
+        expiry = self._expiry.get(key)
+        if expiry is None:
+            return False
+        if expiry > time.monotonic():
+            return True
+        del self._expiry[key]
+        return False
+
+    def add(self, key: tuple[str, Any]) -> None:
+        self._expiry.pop(key, None)
+        while len(self._expiry) >= self.size:
+            del self._expiry[next(iter(self._expiry))]
+        self._expiry[key] = time.monotonic() + self.ttl
+
+    def discard(self, key: tuple[str, Any]) -> None:
+        self._expiry.pop(key, None)
+
+
+class Lookup:
+    """Owns the Redis and Postgres pools of one replica and answers record lookups."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.breaker = CircuitBreaker(
+            settings.redis_breaker_failures, settings.redis_breaker_cooldown
+        )
+        self.unknown = NegativeCache(settings.negative_cache_ttl, settings.negative_cache_size)
+        # The pool is as large as the replica's concurrency cap (Granian --backpressure), so
+        # it cannot run dry; no retries: a failed call falls back to Postgres at once.
+        self.redis = aioredis.Redis(
+            connection_pool=aioredis.ConnectionPool.from_url(
+                settings.redis_url,
+                max_connections=settings.redis_pool_size,
+                socket_timeout=settings.redis_timeout,
+                socket_connect_timeout=settings.redis_timeout,
+                retry=Retry(NoBackoff(), 0),
+            )
+        )
+        # Postgres serves misses only: a few connections, a short bounded queue, and a quick
+        # reconnect cycle (psycopg_pool's defaults: 30 s waits, unbounded queue, 5 min backoff).
+        self.postgres = AsyncConnectionPool(
+            settings.database_url,
+            min_size=settings.pg_pool_min,
+            max_size=settings.pg_pool_max,
+            timeout=settings.pg_wait_timeout,
+            max_waiting=settings.pg_max_waiting,
+            reconnect_timeout=2.0,
+            check=AsyncConnectionPool.check_connection,
+            kwargs={
+                "autocommit": True,
+                "connect_timeout": settings.pg_connect_timeout,
+                "options": f"-c statement_timeout={settings.pg_statement_timeout_ms}",
+            },
+            open=False,
+            name="surge",
+        )
+
+    async def open(self) -> None:
+        # wait=False: a replica starts even while Postgres is down, and serves from Redis.
+        await self.postgres.open(wait=False)
+
+    async def close(self) -> None:
+        try:
+            await self.postgres.close()
+        finally:
+            await self.redis.aclose()
+
+    async def get(self, dataset: Dataset, record_id: Any) -> bytes | None:
+        """The record's JSON bytes, or None when no such record exists.
+
+        Raises ServiceUnavailable when Redis cannot answer and Postgres cannot either.
+        """
+        key, field = dataset.slot(record_id)
+        breaker = self.breaker
+        if breaker.allows():
+            try:
+                body = await self.redis.hget(key, field)
+            except REDIS_FAULTS as exc:
+                breaker.record_failure()
+                log.warning("redis read failed, falling back to postgres: %r", exc)
+            else:
+                breaker.record_success()
+                if body is not None:
+                    return body  # type: ignore[no-any-return]
+
+        unknown_key = (dataset.name, record_id)
+        if unknown_key in self.unknown:
+            return None
+        body = await self.from_postgres(dataset, record_id)
+        if body is None:
+            self.unknown.add(unknown_key)
+            return None
+        await self._write_back(key, field, body)
+        return body
+
+    async def from_postgres(self, dataset: Dataset, record_id: Any) -> bytes | None:
+        try:
+            async with self.postgres.connection() as conn:
+                cursor = await conn.execute(dataset.select_one, (record_id,))
+                row = await cursor.fetchone()
+        except POSTGRES_FAULTS as exc:
+            log.warning("postgres read failed: %r", exc)
+            raise ServiceUnavailable(
+                detail="The record store is unavailable; retry shortly.",
+                headers={"Retry-After": str(self.settings.retry_after)},
+            ) from None
+        return None if row is None else dataset.render(row)
+
+    async def _write_back(self, key: str, field: str, body: bytes) -> None:
+        if not self.breaker.allows():
+            return
+        try:
+            await self.redis.hset(key, field, body)
+        except REDIS_FAULTS as exc:
+            self.breaker.record_failure()
+            log.warning("redis write-back failed: %r", exc)
+        else:
+            self.breaker.record_success()
+
+    async def readiness(self) -> dict[str, str]:
+        """Per-component status for /ready: each probe bounded like a lookup."""
+        status = {"redis": "up", "postgres": "up"}
+        try:
+            await self.redis.ping()
+        except REDIS_FAULTS:
+            status["redis"] = "down"
+        try:
+            async with self.postgres.connection() as conn:
+                await conn.execute("SELECT 1")
+        except POSTGRES_FAULTS:
+            status["postgres"] = "down"
+        return status

@@ -1,0 +1,97 @@
+"""Redis or Postgres gone: the API degrades as promised and recovers by itself."""
+
+from __future__ import annotations
+
+import time
+
+import psycopg
+import pytest
+import redis
+from litestar.testing import TestClient
+
+import seeder
+from api.app import create_app
+from api.contract import STUDENTS
+
+# The settings' Redis timeout is 0.1 s; a fallback must not take redis-py's default 5 s.
+FALLBACK_BOUND_S = 0.5
+# psycopg_pool waits SURGE_PG_WAIT_TIMEOUT (0.5 s) for a connection, then 503.
+UNAVAILABLE_BOUND_S = 1.5
+RECOVERY_BOUND_S = 5.0
+
+
+@pytest.fixture
+def client(settings, seeded):
+    with TestClient(app=create_app(settings)) as client:
+        yield client
+
+
+def timed_get(client, path):
+    started = time.monotonic()
+    response = client.get(path)
+    return response, time.monotonic() - started
+
+
+def poll_until(condition, timeout: float) -> float:
+    """Seconds until condition() held; fails the test past timeout (bounded, no fixed sleeps)."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout:
+            pytest.fail(f"condition not met within {timeout} s")
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+def test_redis_down_falls_back_to_postgres_then_returns(client, settings, redis_server):
+    ids = range(10_100, 10_130)
+    expected = {i: client.get(f"/students/{i}").content for i in ids}
+    redis_server.stop()
+    try:
+        for i in ids:
+            response, elapsed = timed_get(client, f"/students/{i}")
+            assert response.status_code == 200
+            assert response.content == expected[i]
+            assert elapsed < FALLBACK_BOUND_S, f"fallback took {elapsed:.3f} s"
+        ready = client.get("/ready")
+        assert ready.status_code == 503
+        assert ready.json()["components"] == {"redis": "down", "postgres": "up"}
+    finally:
+        redis_server.start()
+
+    # Redis came back empty (no persistence in tests): once the circuit closes again, a lookup
+    # is written back, which shows the API is using Redis again.
+    rds = redis.Redis.from_url(settings.redis_url)
+    probe_id = 10_200
+
+    def back_on_redis() -> bool:
+        assert client.get(f"/students/{probe_id}").status_code == 200
+        return rds.hget(*STUDENTS.slot(probe_id)) is not None
+
+    poll_until(back_on_redis, RECOVERY_BOUND_S)
+    assert client.get("/ready").status_code == 200
+    rds.close()
+    seeder.seed(settings)  # refill what the restart dropped, for the tests that follow
+
+
+def test_postgres_down_serves_cached_and_503s_uncached(client, settings, postgres_server):
+    cached_id, uncached_id = 10_300, 10_301
+    rds = redis.Redis.from_url(settings.redis_url)
+    assert client.get(f"/students/{cached_id}").status_code == 200
+    rds.hdel(*STUDENTS.slot(uncached_id))
+    postgres_server.stop()
+    try:
+        response, _ = timed_get(client, f"/students/{cached_id}")
+        assert response.status_code == 200
+        response, elapsed = timed_get(client, f"/students/{uncached_id}")
+        assert response.status_code == 503
+        assert response.headers["retry-after"].isdigit()
+        assert response.headers["content-type"].startswith("application/problem+json")
+        assert elapsed < UNAVAILABLE_BOUND_S, f"503 took {elapsed:.3f} s"
+        assert client.get("/ready").json()["components"]["postgres"] == "down"
+    finally:
+        postgres_server.start()
+
+    poll_until(lambda: client.get(f"/students/{uncached_id}").status_code == 200, RECOVERY_BOUND_S)
+    with psycopg.connect(settings.database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM students").fetchone()[0] == settings.students
+    rds.close()
