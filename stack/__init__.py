@@ -1,0 +1,1 @@
+"""Launching surge locally: real server processes for `make up` and for the tests."""

@@ -1,0 +1,797 @@
+"""Real Postgres and Redis server processes, for the tests and for `make up`.
+
+Each server runs in the foreground as our child (no pg_ctl, no --daemonize), so we always know its
+pid. Two lifetimes:
+
+- attached (default, tests): the server dies with us. It is stopped at interpreter exit (atexit)
+  and, on Linux, also when we are killed outright (PR_SET_PDEATHSIG), so no process is left behind.
+- detached (`make up`): the server runs in its own session and outlives us; `python -m stack down`
+  finds it again through its pid file and stops it.
+
+Readiness is always polled (connect, ask, retry), never assumed after a fixed sleep.
+
+Postgres refuses to run as root: when we are root, initdb and postgres run as the `postgres` system
+user and the directories they write are handed to it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import errno
+import glob
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, Protocol
+
+HOST = "127.0.0.1"
+PG_USER = "surge"
+PG_DATABASE = "surge"
+PG_SYSTEM_USER = "postgres"
+"""Who runs Postgres when we are root."""
+
+# sockaddr_un.sun_path is 108 bytes on Linux (104 on macOS); Postgres appends "/.s.PGSQL.NNNNN".
+_MAX_SOCKET_PATH = 100
+
+
+class ServerError(RuntimeError):
+    """A server could not be found, started or stopped; the message says what to do."""
+
+
+class PortInUse(ServerError):
+    """The port a server should listen on is taken by another program."""
+
+
+# --------------------------------------------------------------------------------------------
+# ports
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (the kernel picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def port_is_free(port: int, host: str = HOST) -> bool:
+    """True when a server could bind host:port now (SO_REUSEADDR, as Postgres and Redis do)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            if e.errno in (errno.EADDRINUSE, errno.EACCES):
+                return False
+            raise
+        return True
+
+
+def port_owner(port: int) -> str | None:
+    """Best effort: which program listens on the port (from `ss`), for error messages."""
+    ss = shutil.which("ss") or ("/usr/sbin/ss" if os.path.exists("/usr/sbin/ss") else None)
+    if ss is None:
+        return None
+    try:
+        out = subprocess.run(
+            [ss, "-Hltnp", f"sport = :{port}"], capture_output=True, text=True, timeout=5
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    users = re.findall(r'\("([^"]+)",pid=(\d+)', out)
+    if users:
+        return ", ".join(f"{name} (pid {pid})" for name, pid in dict.fromkeys(users))
+    return "another program" if out.strip() else None
+
+
+def ensure_port_free(port: int, what: str, hint: str = "") -> None:
+    """Raise PortInUse with a clear message when `what` cannot listen on port."""
+    if port_is_free(port):
+        return
+    owner = port_owner(port)
+    msg = f"cannot start {what}: port {port} on {HOST} is already in use"
+    msg += f" by {owner}" if owner else ""
+    msg += ". Stop that program"
+    msg += f", or {hint}" if hint else ""
+    raise PortInUse(msg + ".")
+
+
+# --------------------------------------------------------------------------------------------
+# processes
+
+
+def process_cmdline(pid: int) -> str | None:
+    """The command line of a live process, space-joined; None when there is no such process."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        raw = b""
+    if raw:
+        return raw.rstrip(b"\0").replace(b"\0", b" ").decode(errors="replace")
+    if Path("/proc/self").exists():
+        return None if not Path(f"/proc/{pid}").exists() else ""  # zombie or kernel thread
+    try:  # no /proc (macOS)
+        out = subprocess.run(["ps", "-o", "args=", "-p", str(pid)], capture_output=True, text=True)
+    except OSError:
+        return None
+    return out.stdout.strip() or None
+
+
+def process_start_time(pid: int) -> int | None:
+    """Start time of a process in clock ticks since boot (Linux), to tell a reused pid apart."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def pid_alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state != "Z"
+
+
+def wait_for(
+    ready: Callable[[], bool],
+    *,
+    timeout: float,
+    what: str,
+    alive: Callable[[], bool] | None = None,
+    on_death: Callable[[], str] | None = None,
+    interval: float = 0.05,
+) -> None:
+    """Poll ready() until it is true. Fails fast when alive() says the process has died."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if ready():
+            return
+        if alive is not None and not alive():
+            detail = on_death() if on_death else ""
+            raise ServerError(f"{what} exited while starting{detail}")
+        if time.monotonic() > deadline:
+            detail = on_death() if on_death else ""
+            raise ServerError(f"{what} was not ready after {timeout:.0f} s{detail}")
+        time.sleep(interval)
+
+
+def wait_gone(pid: int, timeout: float, popen: subprocess.Popen[bytes] | None = None) -> bool:
+    """Wait for a process to end; reaps it when it is our child. True when it is gone."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if popen is not None:
+            if popen.poll() is not None:
+                return True
+        elif not pid_alive(pid):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live processes in a process group (Linux: read from /proc; elsewhere: ask `ps`)."""
+    members = []
+    if Path("/proc/self/stat").exists():
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                members.append(int(stat.parent.name))
+        return members
+    with contextlib.suppress(OSError):
+        out = subprocess.run(["ps", "-A", "-o", "pid=,pgid="], capture_output=True, text=True)
+        for line in out.stdout.splitlines():
+            pid, group = line.split()
+            if int(group) == pgid:
+                members.append(int(pid))
+    return members
+
+
+def kill_group(pgid: int, sig: int = signal.SIGKILL) -> None:
+    """Signal what is left of a process group we made (a server started in its own session).
+
+    Only when the group still has members: while it has, the kernel will not hand its id to a
+    new process, so the signal cannot reach anything but our leftovers.
+    """
+    if group_members(pgid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, sig)
+
+
+def log_tail(path: Path | None, lines: int = 25) -> str:
+    """The end of a log file, indented, for error messages."""
+    if path is None or not path.exists():
+        return ""
+    text = path.read_text(errors="replace").splitlines()[-lines:]
+    if not text:
+        return ""
+    return f"; last lines of {path}:\n" + "\n".join("    " + line for line in text)
+
+
+def _is_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def _pdeathsig(sig: int) -> Callable[[], None] | None:
+    """A preexec_fn that makes the kernel send `sig` to the child when we die (Linux only)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+
+    def preexec() -> None:
+        # Runs in the child after setuid (CPython sets uid before calling preexec_fn); the
+        # kernel clears this setting on a credential change, so the order matters.
+        libc.prctl(pr_set_pdeathsig, sig, 0, 0, 0)
+
+    return preexec
+
+
+class _Stoppable(Protocol):
+    @property
+    def running(self) -> bool: ...
+
+    def stop(self) -> None: ...
+
+
+_ATTACHED: set[_Stoppable] = set()
+_ATTACHED_LOCK = threading.Lock()
+
+
+def _stop_attached() -> None:
+    with _ATTACHED_LOCK:
+        servers = list(_ATTACHED)
+    for server in servers:
+        with contextlib.suppress(Exception):
+            server.stop()
+
+
+atexit.register(_stop_attached)
+
+
+class _Server:
+    """What Postgres and Redis share: a child process, a log file, a lifetime."""
+
+    name = "server"
+    signal_on_parent_death = signal.SIGTERM
+
+    def __init__(self, port: int, log_file: Path, detached: bool) -> None:
+        self.port = int(port)
+        self.log_file = Path(log_file).absolute()
+        self.detached = detached
+        self._popen: subprocess.Popen[bytes] | None = None
+
+    # subclasses -------------------------------------------------------------------------
+    def _pid_from_disk(self) -> int | None:
+        raise NotImplementedError
+
+    def _looks_like_ours(self, cmdline: str) -> bool:
+        raise NotImplementedError
+
+    # shared ------------------------------------------------------------------------------
+    @property
+    def pid(self) -> int | None:
+        """Pid of the running server (ours, or found on disk for a detached one), else None."""
+        if self._popen is not None and self._popen.poll() is None:
+            return self._popen.pid
+        pid = self._pid_from_disk()
+        if pid is None or not pid_alive(pid):
+            return None
+        cmdline = process_cmdline(pid)
+        if cmdline is None or not self._looks_like_ours(cmdline):
+            return None
+        return pid
+
+    @property
+    def running(self) -> bool:
+        """True while the server process is alive (it may still be starting up)."""
+        return self.pid is not None
+
+    def _spawn(self, cmd: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        preexec = None if self.detached else _pdeathsig(self.signal_on_parent_death)
+        with open(self.log_file, "ab") as log:
+            log.write(f"--- {time.strftime('%F %T')} starting {self.name}\n".encode())
+            log.flush()
+            popen = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # our Ctrl-C is not its Ctrl-C; stop() decides
+                preexec_fn=preexec,
+                **kwargs,
+            )
+        self._popen = popen
+        if not self.detached:
+            with _ATTACHED_LOCK:
+                _ATTACHED.add(self)
+        return popen
+
+    def _child_alive(self) -> bool:
+        return self._popen is not None and self._popen.poll() is None
+
+    def _died(self) -> str:
+        return log_tail(self.log_file)
+
+    def _signal_and_wait(self, pid: int, sig: int | None, timeout: float) -> None:
+        """Send sig (None: already asked to stop), wait, SIGKILL the group if it hangs."""
+        popen = self._popen if self._popen is not None and self._popen.pid == pid else None
+        if sig:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        if not wait_gone(pid, timeout, popen):
+            kill_group(pid, signal.SIGKILL)  # its own session: pgid == pid
+            if not wait_gone(pid, 10, popen):
+                raise ServerError(f"{self.name} (pid {pid}) did not stop")
+        kill_group(pid, signal.SIGKILL)  # anything it left behind in its group
+
+    def _forget(self) -> None:
+        if self._popen is not None:
+            with contextlib.suppress(Exception):
+                self._popen.wait(timeout=5)
+        self._popen = None
+        with _ATTACHED_LOCK:
+            _ATTACHED.discard(self)
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<{type(self).__name__} {HOST}:{self.port} {state}>"
+
+
+# --------------------------------------------------------------------------------------------
+# Postgres
+
+
+def find_pg_bin() -> Path:
+    """Directory holding Postgres's server programs (initdb, postgres, pg_ctl).
+
+    SURGE_PG_BIN wins; then Debian/Ubuntu's /usr/lib/postgresql/<newest>/bin; then pg_config
+    --bindir; then whatever directory of PATH has pg_ctl.
+    """
+    candidates: list[Path] = []
+    if os.environ.get("SURGE_PG_BIN"):
+        candidates.append(Path(os.environ["SURGE_PG_BIN"]))
+
+    def version(p: str) -> tuple[int, ...]:
+        parts = Path(p).parent.name.split(".")
+        return tuple(int(x) for x in parts if x.isdigit())
+
+    debian = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=version, reverse=True)
+    candidates += [Path(p) for p in debian]
+    pg_config = shutil.which("pg_config")
+    if pg_config:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            out = subprocess.run(
+                [pg_config, "--bindir"], capture_output=True, text=True, check=True
+            )
+            candidates.append(Path(out.stdout.strip()))
+    pg_ctl = shutil.which("pg_ctl")
+    if pg_ctl:
+        candidates.append(Path(pg_ctl).parent)
+    for directory in candidates:
+        if (directory / "postgres").is_file() and (directory / "initdb").is_file():
+            return directory
+    raise ServerError(
+        "PostgreSQL server programs (initdb, postgres) not found. Run `make deps` "
+        "(on Debian/Ubuntu: apt-get install postgresql), or set SURGE_PG_BIN to their directory."
+    )
+
+
+class PostgresServer(_Server):
+    """A Postgres cluster of our own: user `surge` trusted on loopback, database `surge`."""
+
+    name = "postgres"
+    # Immediate shutdown: backends exit at once; the next start recovers from WAL.
+    signal_on_parent_death = signal.SIGQUIT
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        port: int,
+        socket_dir: str | os.PathLike[str] | None = None,
+        *,
+        log_file: str | os.PathLike[str] | None = None,
+        durable: bool = True,
+        detached: bool = False,
+        settings: dict[str, str] | None = None,
+        start_timeout: float = 60.0,
+    ) -> None:
+        """socket_dir None (or a path too long for a Unix socket) means TCP only.
+
+        durable=False turns fsync off: for throwaway test clusters, where it makes seeding faster.
+        settings are extra postgres `-c name=value` parameters.
+        """
+        data_dir = Path(data_dir).absolute()
+        super().__init__(
+            port, Path(log_file or data_dir.with_name(data_dir.name + ".log")), detached
+        )
+        self.data_dir = data_dir
+        self.socket_dir = Path(socket_dir).absolute() if socket_dir is not None else None
+        if (
+            self.socket_dir
+            and len(str(self.socket_dir)) + len("/.s.PGSQL.65535") > _MAX_SOCKET_PATH
+        ):
+            self.socket_dir = None  # still reachable over TCP, which is what we use
+        self.durable = durable
+        self.settings = dict(settings or {})
+        self.start_timeout = start_timeout
+        self.bin_dir: Path | None = None
+
+    @property
+    def url(self) -> str:
+        """libpq URL of the `surge` database (trust auth: no password)."""
+        return f"postgresql://{PG_USER}@{HOST}:{self.port}/{PG_DATABASE}"
+
+    # process identity -------------------------------------------------------------------
+    def _pid_from_disk(self) -> int | None:
+        try:
+            first = (self.data_dir / "postmaster.pid").read_text().split("\n", 1)[0]
+        except OSError:
+            return None
+        return int(first) if first.strip().isdigit() else None
+
+    def _looks_like_ours(self, cmdline: str) -> bool:
+        return "postgres" in cmdline and str(self.data_dir) in cmdline
+
+    # running as someone else ------------------------------------------------------------
+    def _run_as(self) -> dict[str, Any]:
+        """Popen keyword arguments that drop root to the postgres system user."""
+        if not _is_root():
+            return {}
+        try:
+            pw = pwd.getpwnam(PG_SYSTEM_USER)
+        except KeyError:
+            raise ServerError(
+                f"Postgres refuses to run as root and there is no `{PG_SYSTEM_USER}` user to "
+                "run it as. Run as a normal user, or `make deps` (installing PostgreSQL makes it)."
+            ) from None
+        return {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
+
+    def _give_to_postgres(self, path: Path) -> None:
+        if _is_root():
+            pw = pwd.getpwnam(PG_SYSTEM_USER)
+            os.chown(path, pw.pw_uid, pw.pw_gid)
+
+    def _check_reachable(self, directory: Path) -> None:
+        """As root, make sure the postgres user can reach the directory we give it."""
+        if not _is_root():
+            return
+        probe = subprocess.run(["test", "-x", str(directory)], **self._run_as(), check=False)
+        if probe.returncode != 0:
+            raise ServerError(
+                f"the `{PG_SYSTEM_USER}` user cannot enter {directory} (a parent directory is "
+                "private to root). Use a checkout outside root's home, or run as a normal user."
+            )
+
+    def _env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        env["LC_ALL"] = "C"
+        return env
+
+    # lifecycle --------------------------------------------------------------------------
+    def _initdb(self) -> None:
+        """Create the cluster in a side directory, then rename: never a half-made data_dir."""
+        assert self.bin_dir is not None
+        parent = self.data_dir.parent
+        parent.mkdir(parents=True, exist_ok=True)
+        if self.data_dir.exists() and any(self.data_dir.iterdir()):
+            raise ServerError(
+                f"{self.data_dir} exists but is not a Postgres data directory; remove it"
+            )
+        self._check_reachable(parent)
+        staging = parent / f".{self.data_dir.name}.initdb"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(mode=0o700)
+        self._give_to_postgres(staging)
+        cmd = [
+            str(self.bin_dir / "initdb"),
+            "--pgdata", str(staging),
+            "--username", PG_USER,
+            "--auth-local", "trust",
+            "--auth-host", "trust",  # pg_hba's host lines are loopback only
+            "--encoding", "UTF8",
+            "--locale", "C",
+            "--no-instructions",
+        ]  # fmt: skip
+        if not self.durable:
+            cmd.append("--no-sync")
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_file, "ab") as log:
+            done = subprocess.run(
+                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env=self._env(), **self._run_as(), check=False,
+            )  # fmt: skip
+        if done.returncode != 0:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise ServerError(f"initdb failed (exit {done.returncode}){log_tail(self.log_file)}")
+        if self.data_dir.exists():
+            self.data_dir.rmdir()
+        staging.rename(self.data_dir)
+
+    def _command(self) -> list[str]:
+        assert self.bin_dir is not None
+        params = {
+            "listen_addresses": HOST,
+            "unix_socket_directories": str(self.socket_dir) if self.socket_dir else "",
+        }
+        if not self.durable:
+            params |= {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+        params |= self.settings
+        cmd = [str(self.bin_dir / "postgres"), "-D", str(self.data_dir), "-p", str(self.port)]
+        for key, value in params.items():
+            cmd += ["-c", f"{key}={value}"]
+        return cmd
+
+    def _accepts_connections(self) -> bool:
+        import psycopg
+
+        try:
+            with psycopg.connect(
+                host=HOST, port=self.port, user=PG_USER, dbname="postgres", connect_timeout=2
+            ):
+                return True
+        except psycopg.OperationalError:
+            return False
+
+    def _ensure_database(self) -> None:
+        import psycopg
+
+        with psycopg.connect(
+            host=HOST, port=self.port, user=PG_USER, dbname="postgres", autocommit=True,
+            connect_timeout=5,
+        ) as conn:  # fmt: skip
+            exists = conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (PG_DATABASE,)
+            ).fetchone()
+            if not exists:
+                conn.execute(f'CREATE DATABASE "{PG_DATABASE}"')
+
+    def start(self) -> PostgresServer:
+        """Start (initdb on first use) and return once `surge` accepts connections. Idempotent."""
+        if self.running:
+            wait_for(self._accepts_connections, timeout=self.start_timeout, what=self.name)
+            self._ensure_database()
+            return self
+        self.bin_dir = self.bin_dir or find_pg_bin()
+        if not (self.data_dir / "PG_VERSION").exists():
+            self._initdb()
+        ensure_port_free(
+            self.port, f"Postgres on port {self.port}",
+            "set SURGE_DATABASE_URL to use the Postgres that is already running",
+        )  # fmt: skip
+        if self.socket_dir is not None:
+            self.socket_dir.mkdir(parents=True, exist_ok=True)
+            self._give_to_postgres(self.socket_dir)
+        self._check_reachable(self.data_dir)
+        self._spawn(self._command(), env=self._env(), **self._run_as())
+        wait_for(
+            self._accepts_connections,
+            timeout=self.start_timeout,
+            what=f"Postgres on port {self.port}",
+            alive=self._child_alive,
+            on_death=self._died,
+        )
+        self._ensure_database()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Fast shutdown (roll back sessions, checkpoint, exit) and wait. Idempotent."""
+        pid = self.pid
+        if pid is not None:
+            self._signal_and_wait(pid, signal.SIGINT, timeout)
+        self._forget()
+
+
+# --------------------------------------------------------------------------------------------
+# Redis
+
+
+def find_redis_server() -> str:
+    """Path of redis-server (SURGE_REDIS_SERVER wins, then PATH, then /usr/bin and /usr/sbin)."""
+    for candidate in (
+        os.environ.get("SURGE_REDIS_SERVER"),
+        shutil.which("redis-server"),
+        "/usr/bin/redis-server",
+        "/usr/sbin/redis-server",
+        "/usr/local/bin/redis-server",
+    ):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise ServerError(
+        "redis-server not found. Run `make deps` (on Debian/Ubuntu: apt-get install "
+        "redis-server), or set SURGE_REDIS_SERVER to its path."
+    )
+
+
+def _redis_config() -> dict[str, str]:
+    from api.contract.dataset import REDIS_HASH_CONFIG
+
+    return dict(REDIS_HASH_CONFIG)
+
+
+def _resp(*args: str) -> bytes:
+    out = [f"*{len(args)}\r\n".encode()]
+    for arg in args:
+        data = arg.encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+class RedisServer(_Server):
+    """A redis-server of our own, bound to 127.0.0.1, with the dataset's hash encoding limits."""
+
+    name = "redis"
+
+    def __init__(
+        self,
+        dir: str | os.PathLike[str],
+        port: int,
+        *,
+        persist: bool = False,
+        log_file: str | os.PathLike[str] | None = None,
+        detached: bool = False,
+        config: dict[str, str] | None = None,
+        start_timeout: float = 60.0,
+    ) -> None:
+        """persist=False: no RDB, no AOF, a restart comes back empty (tests).
+
+        persist=True: still no background snapshots (no fork under load), but stop() saves an RDB
+        into dir that the next start() loads (`make up` / `make down`).
+        config: extra redis.conf directives, given on the command line.
+        """
+        self.dir = Path(dir).absolute()
+        super().__init__(port, Path(log_file or self.dir / "redis.log"), detached)
+        self.persist = persist
+        self.config = dict(config or {})
+        self.start_timeout = start_timeout
+
+    @property
+    def url(self) -> str:
+        return f"redis://{HOST}:{self.port}/0"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.dir / f"redis-{self.port}.pid"
+
+    def _pid_from_disk(self) -> int | None:
+        try:
+            text = self.pid_file.read_text().strip()
+        except OSError:
+            return None
+        return int(text) if text.isdigit() else None
+
+    def _looks_like_ours(self, cmdline: str) -> bool:
+        # redis-server rewrites its title to "redis-server 127.0.0.1:PORT"
+        return "redis-server" in cmdline and f":{self.port}" in cmdline
+
+    def _command(self) -> list[str]:
+        conf = {
+            "port": str(self.port),
+            "bind": HOST,
+            "dir": str(self.dir),
+            "daemonize": "no",
+            "pidfile": str(self.pid_file),
+            "logfile": "",  # stdout, which is our log file
+            "save": "",
+            "appendonly": "no",
+            "dbfilename": "dump.rdb",
+        }
+        conf |= _redis_config()
+        conf |= self.config
+        cmd = [find_redis_server()]
+        for key, value in conf.items():
+            cmd += [f"--{key}", value]
+        return cmd
+
+    def call(self, *args: str, timeout: float = 2.0) -> bytes:
+        """One command; the first line of its reply (b"+PONG", b"-LOADING ..."). Stdlib only."""
+        with socket.create_connection((HOST, self.port), timeout=timeout) as s:
+            s.sendall(_resp(*args))
+            buf = b""
+            while not buf.endswith(b"\r\n"):
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                buf += chunk
+            return buf.split(b"\r\n", 1)[0]
+
+    def _answers_ping(self) -> bool:
+        try:
+            return self.call("PING", timeout=1.0) == b"+PONG"  # not while -LOADING an RDB
+        except OSError:
+            return False
+
+    def start(self) -> RedisServer:
+        """Start and return once PING answers PONG. Idempotent; works again after stop()."""
+        if not self.running:
+            ensure_port_free(
+                self.port, f"Redis on port {self.port}",
+                "set SURGE_REDIS_URL to use the Redis that is already running",
+            )  # fmt: skip
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._spawn(self._command(), cwd=self.dir)
+            alive: Callable[[], bool] | None = self._child_alive
+        else:
+            alive = None
+        wait_for(
+            self._answers_ping,
+            timeout=self.start_timeout,
+            what=f"Redis on port {self.port}",
+            alive=alive,
+            on_death=self._died,
+        )
+        return self
+
+    def stop(self, timeout: float = 30.0, *, save: bool | None = None) -> None:
+        """SHUTDOWN (SAVE when persisting, else NOSAVE), SIGTERM if that fails; wait. Idempotent."""
+        pid = self.pid
+        if pid is not None:
+            save = self.persist if save is None else save
+            try:
+                # On success Redis closes the connection without a reply.
+                reply = self.call("SHUTDOWN", "SAVE" if save else "NOSAVE", timeout=timeout)
+                sent = not reply.startswith(b"-")
+            except OSError:
+                sent = False
+            if not sent:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+            self._signal_and_wait(pid, None, timeout)
+        self._forget()
+
+
+def stop_all(servers: Iterable[_Stoppable]) -> None:
+    """Stop several servers, every one even when one of them fails; re-raise the first error."""
+    first: BaseException | None = None
+    for server in servers:
+        try:
+            server.stop()
+        except Exception as e:
+            first = first or e
+    if first is not None:
+        raise first
+
+
+__all__ = [
+    "HOST",
+    "PortInUse",
+    "PostgresServer",
+    "RedisServer",
+    "ServerError",
+    "ensure_port_free",
+    "find_pg_bin",
+    "find_redis_server",
+    "free_port",
+    "pid_alive",
+    "port_is_free",
+    "process_cmdline",
+    "process_start_time",
+    "wait_for",
+    "wait_gone",
+]

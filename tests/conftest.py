@@ -1,0 +1,137 @@
+"""Real Postgres and Redis for the test session, started from stack.servers on free ports.
+
+- `postgres_server`, `redis_server` (session): real server processes in a temp dir, stopped at the
+  end of the session (and by stack.servers if the run dies). Objects with .url, .port, .stop(),
+  .start(); a test may stop one to simulate an outage and start it again on the same port.
+- `settings` (session): api.settings.Settings pointing at them, with a small dataset.
+- `seeded` (session): the seeder's report, run once against those servers.
+- A test that leaves a server stopped does not break the ones after it: before and after every
+  test, a stopped session server is started again (and Redis, which restarts empty, is reseeded
+  when the session had seeded it).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from api.settings import Settings
+from stack.servers import PostgresServer, RedisServer, free_port
+
+TEST_STUDENTS = 2_000
+TEST_BOOKINGS = 1_000
+
+
+def make_server_dir(prefix: str) -> Path:
+    """A fresh directory under the system temp dir that the postgres user can enter.
+
+    Not pytest's tmp_path: that lives under a root-only (0700) directory, and when the tests run
+    as root Postgres runs as the `postgres` user. Short paths also keep Unix socket names legal.
+    """
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture
+def server_dir() -> Iterator[Path]:
+    """A scratch directory for a test's own servers, removed afterwards."""
+    path = make_server_dir("surge-t-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+class _Session:
+    """Session servers started so far, and what the revival needs to know."""
+
+    servers: ClassVar[dict[str, PostgresServer | RedisServer]] = {}
+    settings: Settings | None = None
+    seeded: bool = False
+
+
+@pytest.fixture(scope="session")
+def _session_dir() -> Iterator[Path]:
+    path = make_server_dir("surge-test-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server(_session_dir: Path) -> Iterator[PostgresServer]:
+    # durable=False: fsync off, for a throwaway cluster.
+    server = PostgresServer(
+        _session_dir / "pg", free_port(), _session_dir / "sock", durable=False
+    ).start()
+    _Session.servers["postgres"] = server
+    yield server
+    del _Session.servers["postgres"]
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(_session_dir: Path) -> Iterator[RedisServer]:
+    server = RedisServer(_session_dir / "redis", free_port()).start()
+    _Session.servers["redis"] = server
+    yield server
+    del _Session.servers["redis"]
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def settings(postgres_server: PostgresServer, redis_server: RedisServer) -> Settings:
+    # Only the URLs and the small dataset: the developer's SURGE_* variables must not leak in.
+    s = Settings.from_env(
+        {},
+        database_url=postgres_server.url,
+        redis_url=redis_server.url,
+        students=TEST_STUDENTS,
+        bookings=TEST_BOOKINGS,
+    )
+    _Session.settings = s
+    return s
+
+
+@pytest.fixture(scope="session")
+def seeded(settings: Settings) -> Any:
+    """The seeder's report; the stores hold the small dataset from here on."""
+    from seeder import seed
+
+    report = seed(settings)
+    _Session.seeded = True
+    return report
+
+
+def _revive(when: str, nodeid: str) -> None:
+    for name, server in list(_Session.servers.items()):
+        if server.running:
+            continue
+        warnings.warn(f"{name} was left stopped ({when} {nodeid}); starting it again", stacklevel=1)
+        server.start()
+        if name == "redis" and _Session.seeded and _Session.settings is not None:
+            from seeder import seed
+
+            seed(_Session.settings)  # a restarted test Redis is empty
+
+
+@pytest.fixture(autouse=True)
+def _session_servers_running(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Start again any session server a test left stopped, so one test cannot break the next.
+
+    Before the test (for function-scoped users) and after it (so module-scoped fixtures set up
+    before the next module's first test find the servers running).
+    """
+    _revive("before", request.node.nodeid)
+    yield
+    _revive("after", request.node.nodeid)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    who = "root (Postgres runs as the postgres user)" if os.geteuid() == 0 else "a normal user"
+    return f"surge: real Postgres and Redis from stack.servers, running as {who}"
