@@ -314,7 +314,12 @@ class _Server:
 
     def _spawn(self, cmd: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        preexec = None if self.detached else _pdeathsig(self.signal_on_parent_death)
+        # The kernel sends the parent-death signal when the *thread* that forked exits: only
+        # the main thread lives as long as the process.
+        on_main_thread = threading.current_thread() is threading.main_thread()
+        preexec = None
+        if not self.detached and on_main_thread:
+            preexec = _pdeathsig(self.signal_on_parent_death)
         with open(self.log_file, "ab") as log:
             log.write(f"--- {time.strftime('%F %T')} starting {self.name}\n".encode())
             log.flush()
