@@ -1,0 +1,3 @@
+from seeder.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,146 @@
+"""seed(): make both stores hold the dataset the settings describe, doing only what is missing."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
+from dataclasses import dataclass, field
+
+import psycopg
+
+from api.contract import BOOKINGS, STUDENTS, Dataset
+from api.settings import Settings
+from seeder import generate, postgres, redis_fill
+from seeder.progress import Phase, Reporter, reporter_for
+
+Loader = Callable[[psycopg.Connection, Reporter, int, int, generate.Pools], None]
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetReport:
+    name: str
+    records: int
+    postgres_skipped: bool
+    """Postgres already held this seed and size: nothing was generated or loaded."""
+    redis_skipped: bool
+    """Redis already held exactly that Postgres load: nothing was written."""
+    redis_keys: int
+    redis_bytes_per_record: float
+    """Redis memory per record, measured when the hashes were written (MEMORY USAGE sample)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SeedReport:
+    datasets: dict[str, DatasetReport]
+    phases: list[Phase] = field(default_factory=list)
+    """What was done, in the order it finished (the two datasets overlap), with rows and
+    seconds; empty when everything was in sync."""
+    seconds: float = 0.0
+
+    @property
+    def skipped(self) -> bool:
+        return all(d.postgres_skipped and d.redis_skipped for d in self.datasets.values())
+
+    @property
+    def redis_bytes_per_record(self) -> dict[str, float]:
+        return {name: d.redis_bytes_per_record for name, d in self.datasets.items()}
+
+    def __str__(self) -> str:
+        """One line for logs: "students 664,824 (postgres loaded, redis filled, 492 B/record)..."""
+        datasets = "; ".join(
+            f"{d.name} {d.records:,} (postgres {'in sync' if d.postgres_skipped else 'loaded'}, "
+            f"redis {'in sync' if d.redis_skipped else 'filled'}, "
+            f"{d.redis_bytes_per_record:,.0f} B/record)"
+            for d in self.datasets.values()
+        )
+        return f"{datasets} in {self.seconds:.1f} s"
+
+
+def seed(settings: Settings, *, reset: bool = False, progress: bool = False) -> SeedReport:
+    """Seed Postgres, then Redis from Postgres. `reset` rebuilds both even when in sync;
+    `progress` shows bars on a terminal (lines elsewhere), otherwise nothing is printed."""
+    reporter = reporter_for(progress=progress)
+    try:
+        return run(settings, reset=reset, reporter=reporter)
+    finally:
+        reporter.close()
+
+
+def run(settings: Settings, *, reset: bool, reporter: Reporter) -> SeedReport:
+    started = time.perf_counter()
+    pools = _Pools(settings.seed)
+    with postgres.connect(settings.database_url) as conn:
+        postgres.prepare(conn)  # holds the seeder lock until this block ends
+        with closing(redis_fill.connect(settings.redis_url)) as client:
+            redis_fill.configure(client)
+        # The datasets are independent: seeding them side by side overlaps one's Python work
+        # (generating, rendering) with the other's waits on Postgres (index builds, queries).
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="seed") as threads:
+            futures = [
+                threads.submit(_seed_one, settings, reset, reporter, pools, *job)
+                for job in (
+                    (STUDENTS, settings.students, postgres.load_students),
+                    (BOOKINGS, settings.bookings, postgres.load_bookings),
+                )
+            ]
+            reports = [future.result() for future in futures]
+    return SeedReport(
+        {r.name: r for r in reports}, list(reporter.phases), time.perf_counter() - started
+    )
+
+
+class _Pools:
+    """Faker's pools (~0.3 s), made at most once and only if some dataset is generated."""
+
+    def __init__(self, seed: int) -> None:
+        self._seed = seed
+        self._lock = threading.Lock()
+        self._pools: generate.Pools | None = None
+
+    def __call__(self) -> generate.Pools:
+        with self._lock:
+            if self._pools is None:
+                self._pools = generate.build_pools(self._seed, generate.EVENTS)
+            return self._pools
+
+
+def _seed_one(
+    settings: Settings,
+    reset: bool,
+    reporter: Reporter,
+    pools: _Pools,
+    dataset: Dataset,
+    count: int,
+    load: Loader,
+) -> DatasetReport:
+    with (
+        postgres.connect(settings.database_url) as conn,
+        closing(redis_fill.connect(settings.redis_url)) as client,
+    ):
+        pg = postgres.loaded(conn, dataset.name)
+        pg_skipped = not reset and pg is not None and (pg.seed, pg.rows) == (settings.seed, count)
+        if not pg_skipped:
+            postgres.tune(conn)
+            load(conn, reporter, settings.seed, count, pools())
+            pg = postgres.loaded(conn, dataset.name)
+        assert pg is not None  # found, or just loaded
+        marker = None if reset else redis_fill.in_sync(client, dataset, pg)
+        redis_skipped = marker is not None
+        if marker is None:
+            redis_fill.clear(client, dataset)
+            with reporter.phase(f"redis {dataset.name}", pg.rows) as advance:
+                marker = redis_fill.fill(conn, client, dataset, pg, advance)
+    for where, skipped in (("postgres", pg_skipped), ("redis", redis_skipped)):
+        if skipped:
+            reporter.note(f"{where} {dataset.name}: in sync (seed {pg.seed}, {pg.rows:,} rows)")
+    return DatasetReport(
+        name=dataset.name,
+        records=marker.records,
+        postgres_skipped=pg_skipped,
+        redis_skipped=redis_skipped,
+        redis_keys=marker.keys,
+        redis_bytes_per_record=marker.bytes_per_record,
+    )
