@@ -1,0 +1,429 @@
+"""compose.yaml, Dockerfile and the monitoring configs, checked without a Docker engine.
+
+compose.yaml is interpolated as compose does (`${VAR:-default}` with an empty environment: it
+must work with zero setup), validated against the Compose Specification JSON schema, then held
+to what a reviewer checks: pinned images, healthchecks behind every service_healthy, existing
+bind mounts, only the entry points publishing ports, passwords only from the environment, the
+data stores on an internal network, and configs that agree with each other (nginx template,
+Prometheus targets, Grafana datasource, the API's settings and Redis contract).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import tomllib
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from api.contract.dataset import REDIS_HASH_CONFIG
+from api.settings import Settings, env_name
+from stack.nginx import DEFAULTS, LAYOUT, SERVER_PARAMS, TEMPLATE, NginxServer, placeholders
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = ROOT / "compose.yaml"
+SCHEMA = Path(__file__).resolve().parents[2] / "shared" / "schemas" / "compose-spec.json"
+
+PUBLISHERS = {"nginx", "grafana", "prometheus"}
+NO_HEALTHCHECK = {"nginx-exporter": "FROM scratch image: no shell or HTTP client to run a check"}
+
+_VAR = re.compile(
+    r"\$\$|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?-)(?P<default>[^}]*))?\}"
+    r"|\$(?P<bare>[A-Za-z_][A-Za-z0-9_]*)"
+)
+
+
+def interpolate(value: Any, env: dict[str, str], missing: list[str]) -> Any:
+    """Compose's interpolation of every string in the document ($$ is a literal $)."""
+    if isinstance(value, dict):
+        return {k: interpolate(v, env, missing) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, env, missing) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name = m.group("name") or m.group("bare")
+        op = m.group("op")
+        if op == ":-":
+            return env.get(name) or m.group("default")
+        if op == "-":
+            return env.get(name, m.group("default"))
+        if name not in env:
+            missing.append(name)
+        return env.get(name, "")
+
+    return _VAR.sub(sub, value)
+
+
+RAW_TEXT = COMPOSE.read_text(encoding="utf-8")
+RAW: dict[str, Any] = yaml.safe_load(RAW_TEXT)
+_missing: list[str] = []
+DOC: dict[str, Any] = interpolate(RAW, {}, _missing)
+SERVICES: dict[str, dict[str, Any]] = DOC["services"]
+
+
+def env_of(service: str) -> dict[str, str]:
+    env = SERVICES[service].get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {k: str(v) for k, v in env.items()}
+
+
+def is_one_shot(service: dict[str, Any]) -> bool:
+    return service.get("restart") == "no"
+
+
+# ---------------------------------------------------------------------------------------------
+# the file as compose reads it
+
+
+def test_every_variable_has_a_default() -> None:
+    assert _missing == [], f"variables without a default (compose needs setup): {_missing}"
+
+
+def test_valid_against_the_compose_spec() -> None:
+    schema = json.loads(SCHEMA.read_text(encoding="utf-8"))
+    validator = jsonschema.Draft7Validator(schema)
+    for doc in (RAW, DOC):
+        errors = sorted(validator.iter_errors(doc), key=lambda e: list(e.absolute_path))
+        assert not errors, "\n".join(f"{list(e.absolute_path)}: {e.message}" for e in errors)
+
+
+# ---------------------------------------------------------------------------------------------
+# images
+
+
+PINNED = re.compile(
+    r"^(?P<repo>[a-z0-9][a-z0-9./_-]*):(?P<tag>v?\d+\.\d+(?:\.\d+)?(?:-[a-z0-9.]+)?)$"
+)
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_image_is_built_here_or_pinned_to_an_exact_version(name: str) -> None:
+    service = SERVICES[name]
+    if "build" in service:
+        context = ROOT / service["build"]["context"]
+        assert context.is_dir()
+        assert (context / service["build"].get("dockerfile", "Dockerfile")).is_file()
+        return
+    m = PINNED.match(service["image"])
+    assert m, f"{name}: {service['image']} is not pinned to an exact version tag"
+    version = m.group("tag").lstrip("v").split("-")[0].split(".")
+    # Postgres versions are major.minor; everything else here is major.minor.patch.
+    assert len(version) == (2 if m.group("repo") == "postgres" else 3), service["image"]
+
+
+def test_app_services_share_one_local_image() -> None:
+    built = {name: s for name, s in SERVICES.items() if "build" in s}
+    assert set(built) == {"api", "seeder"}
+    assert {s["image"] for s in built.values()} == {"surge-app:local"}
+
+
+def test_nginx_image_supports_resolve_in_upstreams() -> None:
+    m = PINNED.match(SERVICES["nginx"]["image"])
+    assert m and m.group("repo") == "nginx"
+    assert tuple(int(x) for x in m.group("tag").split("-")[0].split(".")) >= (1, 27, 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# health and start order
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_long_running_services_have_a_healthcheck(name: str) -> None:
+    service = SERVICES[name]
+    if is_one_shot(service):
+        assert "healthcheck" not in service
+        return
+    assert service.get("restart") == "unless-stopped"
+    check = service.get("healthcheck")
+    assert check, f"{name} has no healthcheck"
+    if name in NO_HEALTHCHECK:
+        assert check == {"disable": True}, NO_HEALTHCHECK[name]
+        return
+    assert check["test"][0] in {"CMD", "CMD-SHELL"}
+    for key in ("interval", "timeout", "retries"):
+        assert key in check, f"{name}: healthcheck without {key}"
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_depends_on_targets_exist_and_can_satisfy_the_condition(name: str) -> None:
+    for target, spec in (SERVICES[name].get("depends_on") or {}).items():
+        assert target in SERVICES, f"{name} depends on unknown {target}"
+        condition = spec["condition"]
+        if condition == "service_healthy":
+            check = SERVICES[target].get("healthcheck") or {}
+            assert check.get("test") and not check.get("disable"), (
+                f"{name} waits for {target} to be healthy, but it has no healthcheck"
+            )
+        elif condition == "service_completed_successfully":
+            assert is_one_shot(SERVICES[target]), f"{target} is not a one-shot job"
+        else:
+            assert condition == "service_started"
+
+
+def test_start_order() -> None:
+    cond = {
+        n: {t: s["condition"] for t, s in (v.get("depends_on") or {}).items()}
+        for n, v in SERVICES.items()
+    }
+    assert cond["seeder"] == {"postgres": "service_healthy", "redis": "service_healthy"}
+    assert cond["api"]["seeder"] == "service_completed_successfully"
+    assert cond["nginx"] == {"api": "service_healthy"}
+    assert SERVICES["api"]["healthcheck"]["test"][-1].count("/ready") == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# mounts, ports, networks, secrets
+
+
+def _volumes(service: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    out = []
+    for v in service.get("volumes") or []:
+        if isinstance(v, str):
+            parts = v.split(":")
+            out.append((parts[0], parts[1], len(parts) > 2 and "ro" in parts[2].split(",")))
+        else:
+            out.append((v["source"], v["target"], bool(v.get("read_only"))))
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_mounts_exist(name: str) -> None:
+    declared = set(DOC.get("volumes") or {})
+    for source, _target, read_only in _volumes(SERVICES[name]):
+        if source.startswith("."):
+            assert (ROOT / source).exists(), f"{name} mounts missing {source}"
+            assert read_only, f"{name}: config mount {source} should be read-only"
+        elif source.startswith("/"):
+            # Host system paths, for the host-metrics exporters only, read-only.
+            assert name in {"node-exporter", "cadvisor"}, f"{name} mounts host path {source}"
+            assert read_only, f"{name}: host mount {source} is writable"
+        else:
+            assert source in declared, f"{name}: volume {source} is not declared"
+
+
+def test_only_the_entry_points_publish_ports() -> None:
+    publishing = {name for name, s in SERVICES.items() if s.get("ports")}
+    assert publishing == PUBLISHERS
+    assert SERVICES["nginx"]["ports"] == ["8080:8080"]
+    # Admin UIs bind to loopback unless told otherwise.
+    assert SERVICES["prometheus"]["ports"] == ["127.0.0.1:9090:9090"]
+    assert SERVICES["grafana"]["ports"] == ["127.0.0.1:3000:3000"]
+
+
+def test_replicas_scale_freely() -> None:
+    api = SERVICES["api"]
+    assert RAW["services"]["api"]["deploy"]["replicas"] == "${SURGE_REPLICAS:-2}"
+    assert "container_name" not in api and "ports" not in api
+    assert not any("container_name" in s for s in SERVICES.values())
+
+
+def test_data_stores_are_on_an_internal_network_only() -> None:
+    networks = DOC["networks"]
+    for name in ("postgres", "redis"):
+        joined = SERVICES[name]["networks"]
+        assert joined and all(networks[n].get("internal") is True for n in joined), name
+    for name in PUBLISHERS:
+        # A published port needs a network with a way out.
+        assert not any(networks[n].get("internal") for n in SERVICES[name]["networks"]), name
+
+
+def test_passwords_come_from_the_environment() -> None:
+    secret_key = re.compile(r"(PASSWORD|PASS|SECRET|TOKEN)$")
+    for name, service in RAW["services"].items():
+        env = service.get("environment") or {}
+        for key, value in env.items():
+            if key == "<<":
+                continue
+            value = str(value)
+            if secret_key.search(key):
+                assert re.fullmatch(r"\$\{[A-Z_]+:-[^}]*\}", value), f"{name}.{key}: {value}"
+            for m in re.finditer(r"://[^:/@\s]+:([^@\s]+)@", value):
+                assert re.fullmatch(r"\$\{[A-Z_]+:-[^}]*\}", m.group(1)), f"{name}.{key}"
+    # The documented local defaults are the only literal credentials in the file.
+    assert "${POSTGRES_PASSWORD:-surge}" in RAW_TEXT
+    assert "${GRAFANA_ADMIN_PASSWORD:-admin}" in RAW_TEXT
+
+
+# ---------------------------------------------------------------------------------------------
+# agreement with the rest of the project
+
+
+def test_app_environment_names_real_settings() -> None:
+    known = {env_name(f.name) for f in fields(Settings)}
+    for name in ("api", "seeder"):
+        surge = {k for k in env_of(name) if k.startswith("SURGE_")}
+        assert surge <= known, f"{name}: unknown settings {surge - known}"
+        assert env_of(name)["SURGE_DATABASE_URL"].split("@")[1].startswith("postgres:5432/")
+        assert env_of(name)["SURGE_REDIS_URL"].startswith("redis://redis:6379/")
+    assert env_of("api")["GRANIAN_BACKPRESSURE"] == env_of("api")["SURGE_REDIS_POOL_SIZE"]
+    assert int(env_of("seeder")["SURGE_STUDENTS"]) == Settings().students
+
+
+def test_seeder_runs_a_declared_console_script() -> None:
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert SERVICES["seeder"]["command"][0] in scripts
+
+
+def test_redis_runs_with_the_contract_hash_config_and_no_persistence() -> None:
+    command = SERVICES["redis"]["command"]
+    for key, value in REDIS_HASH_CONFIG.items():
+        assert command[command.index(f"--{key}") + 1] == value
+    assert command[command.index("--save") + 1] == ""
+    assert command[command.index("--appendonly") + 1] == "no"
+
+
+def test_nginx_template_renders_with_compose_values(tmp_path: Path) -> None:
+    nginx = SERVICES["nginx"]
+    assert (ROOT / "nginx/nginx.conf.template").resolve() == TEMPLATE
+    assert ("./nginx/nginx.conf.template", "/etc/nginx/templates/nginx.conf.template", True) in (
+        _volumes(nginx)
+    )
+    env = env_of("nginx")
+    assert env["NGINX_ENVSUBST_OUTPUT_DIR"] == "/etc/nginx"
+    assert re.search(env["NGINX_ENVSUBST_FILTER"], "SURGE_NGINX_LISTEN")
+    values = {k: v for k, v in env.items() if k.startswith("SURGE_")}
+    assert set(values) == placeholders(TEMPLATE.read_text())
+    # Same knob defaults as the local launcher.
+    assert {k: values[k] for k in DEFAULTS} == DEFAULTS
+    upstream = values["SURGE_NGINX_UPSTREAM"]
+    assert "resolver 127.0.0.11 valid=5s" in upstream
+    assert f"server api:8000 resolve {SERVER_PARAMS};" in upstream
+    assert values["SURGE_NGINX_LISTEN"] == "8080"
+    assert f"http://nginx:{values['SURGE_NGINX_STATUS_LISTEN']}/stub_status" in " ".join(
+        SERVICES["nginx-exporter"]["command"]
+    )
+    assert values["SURGE_NGINX_STATUS_LISTEN"] in " ".join(nginx["healthcheck"]["test"])
+    # The local nginx (Debian 1.22) has no `resolve`, and the compose paths belong to the image:
+    # swap only those for local ones; every compose knob value goes to the real nginx -t.
+    local = {
+        **values,
+        "SURGE_NGINX_LISTEN": "127.0.0.1:1",
+        "SURGE_NGINX_STATUS_LISTEN": "127.0.0.1:2",
+        "SURGE_NGINX_UPSTREAM": f"server 127.0.0.1:8000 {SERVER_PARAMS};",
+        "SURGE_NGINX_PID": str(tmp_path / "nginx.pid"),
+        "SURGE_NGINX_ERROR_LOG": str(tmp_path / "error.log"),
+        "SURGE_NGINX_ACCESS_LOG_PATH": str(tmp_path / "access.log"),
+        "SURGE_NGINX_TEMP_DIR": str(tmp_path / "tmp"),
+    }
+    assert set(local) - set(values) == set() and set(LAYOUT) <= set(local)
+    assert "test is successful" in NginxServer(tmp_path, local).check()
+
+
+def test_prometheus_scrapes_every_replica_and_exporter() -> None:
+    prom = SERVICES["prometheus"]
+    assert "--web.enable-remote-write-receiver" in prom["command"]
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prom["command"]
+    assert ("./monitoring/prometheus", "/etc/prometheus", True) in _volumes(prom)
+    config = yaml.safe_load((ROOT / "monitoring/prometheus/prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    expected = {
+        "api": ("api", 8000),
+        "nginx": ("nginx-exporter", 9113),
+        "redis": ("redis-exporter", 9121),
+        "postgres": ("postgres-exporter", 9187),
+        "node": ("node-exporter", 9100),
+        "cadvisor": ("cadvisor", 8080),
+    }
+    for job, (service, port) in expected.items():
+        assert service in SERVICES, service
+        (sd,) = jobs[job]["dns_sd_configs"]
+        assert sd["names"] == [service] and sd["port"] == port and sd["type"] == "A"
+        assert jobs[job]["file_sd_configs"], f"{job}: no targets hook for the local launcher"
+        # Prometheus can reach it: they share a network.
+        assert set(SERVICES[service]["networks"]) & set(prom["networks"]), service
+    assert jobs["api"]["metrics_path"] == "/metrics"
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert '"--port", "8000"' in dockerfile
+    assert "--web.listen-address=:9113" not in RAW_TEXT  # exporter on its default port
+
+
+def test_prometheus_config_passes_promtool() -> None:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool missing: `make deps` installs Prometheus (Debian package)"
+    done = subprocess.run(
+        [promtool, "check", "config", str(ROOT / "monitoring/prometheus/prometheus.yml")],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS" in done.stdout + done.stderr
+
+
+def test_grafana_provisioning() -> None:
+    grafana = SERVICES["grafana"]
+    assert ("./monitoring/grafana/provisioning", "/etc/grafana/provisioning", True) in (
+        _volumes(grafana)
+    )
+    base = ROOT / "monitoring/grafana/provisioning"
+    (source,) = yaml.safe_load((base / "datasources/prometheus.yaml").read_text())["datasources"]
+    assert source["uid"] == "prometheus" and source["type"] == "prometheus"
+    assert source["url"] == "http://prometheus:9090"
+    assert set(grafana["networks"]) & set(SERVICES["prometheus"]["networks"])
+    (provider,) = yaml.safe_load((base / "dashboards/dashboards.yaml").read_text())["providers"]
+    assert provider["type"] == "file"
+    path = provider["options"]["path"]
+    assert path.startswith("/etc/grafana/provisioning/")
+    assert (base / path.removeprefix("/etc/grafana/provisioning/")).is_dir()
+    for dashboard in (base / "dashboards").glob("*.json"):
+        data = json.loads(dashboard.read_text())
+        assert data.get("uid"), f"{dashboard.name} has no uid"
+
+
+# ---------------------------------------------------------------------------------------------
+# the image
+
+
+def test_dockerfile() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    joined = re.sub(r"\\\n", " ", text)  # continuation lines
+    instructions = [
+        line.split(None, 1) for line in joined.splitlines() if line and not line.startswith("#")
+    ]
+    froms = [args for op, args in instructions if op == "FROM"]
+    assert froms == ["python:3.11.13-slim-bookworm"]
+    copies = [args for op, args in instructions if op == "COPY"]
+    # Dependencies are installed from pyproject.toml alone, before any code is copied.
+    assert copies[0] == "pyproject.toml ./"
+    first_code = next(
+        i for i, (op, args) in enumerate(instructions) if op == "COPY" and "api" in args
+    )
+    first_install = next(
+        i for i, (op, args) in enumerate(instructions) if op == "RUN" and "pip install" in args
+    )
+    assert first_install < first_code
+    users = [args for op, args in instructions if op == "USER"]
+    assert users and users[-1].split(":")[0] not in {"0", "root"}
+    cmd = json.loads(next(args for op, args in instructions if op == "CMD"))
+    assert cmd[:5] == ["granian", "--interface", "asgi", "--factory", "api.app:create_app"]
+    for flag in ("--no-ws", "uvloop", "0.0.0.0"):
+        assert flag in cmd
+    # No secrets, no package index named.
+    code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    assert not re.search(r"(?i)password|secret|token|index-url|://", code)
+
+
+def test_dockerignore_keeps_the_context_to_what_the_image_needs() -> None:
+    lines = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert lines[0] == "*"
+    allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
+    text = (ROOT / "Dockerfile").read_text()
+    copied = set(re.findall(r"^COPY (\S+)", text, re.M))
+    assert copied <= allowed
+    for name in allowed:
+        assert (ROOT / name).exists(), name
