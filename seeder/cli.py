@@ -94,16 +94,20 @@ def main(argv: list[str] | None = None) -> int:
         database_url=args.database_url,
         redis_url=args.redis_url,
     )
-    console = Console()
+    console, errors = Console(), Console(stderr=True)
     bars = console.is_terminal and not args.no_progress
     reporter = RichReporter(console) if bars else PlainReporter(console.file)
     try:
         report = run(settings, reset=args.reset, reporter=reporter)
     except (psycopg.OperationalError, redis.ConnectionError) as exc:
-        reporter.close()
-        console.print(f"surge-seed: store unavailable: {exc}", style="red", highlight=False)
+        errors.print(f"surge-seed: store unavailable: {exc}", style="red", highlight=False)
         return 1
-    reporter.close()
+    except KeyboardInterrupt:
+        # Postgres rolled back the dataset being loaded; Redis is refilled by the next run.
+        errors.print("surge-seed: interrupted", style="red")
+        return 130
+    finally:
+        reporter.close()
     for table in summary(report):
         console.print(table)
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import closing
 from dataclasses import dataclass, field
 
@@ -14,7 +14,7 @@ import psycopg
 from api.contract import BOOKINGS, STUDENTS, Dataset
 from api.settings import Settings
 from seeder import generate, postgres, redis_fill
-from seeder.progress import Phase, Reporter, reporter_for
+from seeder.progress import Cancelled, Phase, Reporter, reporter_for
 
 Loader = Callable[[psycopg.Connection, Reporter, int, int, generate.Pools], None]
 
@@ -86,7 +86,17 @@ def run(settings: Settings, *, reset: bool, reporter: Reporter) -> SeedReport:
                     (BOOKINGS, settings.bookings, postgres.load_bookings),
                 )
             ]
-            reports = [future.result() for future in futures]
+            try:
+                wait(futures, return_when=FIRST_EXCEPTION)
+            finally:
+                # After a failure or Ctrl-C, the other dataset stops at its next chunk instead
+                # of running to the end (its transaction rolls back; nothing half-done stays).
+                reporter.cancel()
+            # The failure itself first, not the Cancelled it caused in the other thread.
+            errors = [e for f in futures if (e := f.exception()) is not None]
+            if errors:
+                raise min(errors, key=lambda e: isinstance(e, Cancelled))
+    reports = [f.result() for f in futures]
     return SeedReport(
         {r.name: r for r in reports}, list(reporter.phases), time.perf_counter() - started
     )

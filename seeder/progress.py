@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,11 +28,23 @@ class Phase:
         return self.rows / self.seconds if self.seconds > 0 else 0.0
 
 
+class Cancelled(Exception):
+    """The run was cancelled (Ctrl-C, or the other dataset failed): raised at the next chunk."""
+
+
 class Reporter:
-    """Times phases and shows nothing: what seed() uses unless asked for progress."""
+    """Times phases and shows nothing: what seed() uses unless asked for progress.
+
+    Every loop of the seeder reports each chunk it finishes, which also makes the report the
+    place where a cancelled run stops: advance() raises Cancelled once cancel() was called.
+    """
 
     def __init__(self) -> None:
         self.phases: list[Phase] = []
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        self._cancelled.set()
 
     @contextmanager
     def phase(self, name: str, total: int) -> Iterator[Advance]:
@@ -41,6 +54,8 @@ class Reporter:
 
         def advance(rows: int) -> None:
             nonlocal done
+            if self._cancelled.is_set():
+                raise Cancelled(name)
             done += rows
             self._advanced(handle, done, time.perf_counter() - started)
 

@@ -70,7 +70,10 @@ def key_pattern(dataset: Dataset) -> str:
 
 def filled(client: redis.Redis, dataset: Dataset) -> Filled | None:
     raw = client.hget(MARKER_KEY, dataset.name)
-    return Filled(**orjson.loads(raw)) if raw else None
+    try:
+        return Filled(**orjson.loads(raw)) if raw else None
+    except (orjson.JSONDecodeError, TypeError):  # written by another version: refill
+        return None
 
 
 def in_sync(client: redis.Redis, dataset: Dataset, pg: Loaded) -> Filled | None:
@@ -117,16 +120,8 @@ def clear(client: redis.Redis, dataset: Dataset) -> int:
     hashes, in SCAN-sized batches that never block Redis (UNLINK frees memory in the background).
     Other data in the same Redis is left alone."""
     client.hdel(MARKER_KEY, dataset.name)
-    deleted = 0
-    batch: list[bytes] = []
-    for key in client.scan_iter(match=key_pattern(dataset), count=_SCAN_COUNT):
-        batch.append(key)
-        if len(batch) >= _SCAN_COUNT:
-            deleted += client.unlink(*batch)
-            batch.clear()
-    if batch:
-        deleted += client.unlink(*batch)
-    return deleted
+    keys = _keys(client, dataset)
+    return sum(client.unlink(*keys[i : i + _SCAN_COUNT]) for i in range(0, len(keys), _SCAN_COUNT))
 
 
 def fill(

@@ -292,7 +292,7 @@ def test_cli_reports_in_sync_stores(seeded, settings, capsys):
 def test_cli_fails_cleanly_without_a_database(capsys):
     argv = ["--database-url", "postgresql://nobody@127.0.0.1:1/none", "--no-progress"]
     assert main(argv) == 1
-    assert "store unavailable" in capsys.readouterr().out
+    assert "store unavailable" in capsys.readouterr().err
 
 
 def test_module_and_help_run():
