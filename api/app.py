@@ -12,6 +12,7 @@ from litestar.exceptions import ValidationException
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.params import FromPath
 
 from api.contract import DATASETS, Dataset
 from api.errors import EXCEPTION_HANDLERS, Problem, problem_response
@@ -31,7 +32,7 @@ def record_route(dataset: Dataset, lookup: Lookup) -> HTTPRouteHandler:
     parse_id = dataset.parse_id
     not_found = f"No {dataset.noun} with this id."
 
-    async def read_record(record_id: str) -> Response[bytes]:
+    async def read_record(record_id: FromPath[str]) -> Response[bytes]:
         key = parse_id(record_id)
         if key is None:
             raise ValidationException(detail=f"Invalid {dataset.noun} id: {dataset.id_rule}.")

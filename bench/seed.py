@@ -15,28 +15,21 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import os
-import platform
 import statistics
 import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from importlib import metadata
 from pathlib import Path
-
-import psycopg
-import redis
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from a checkout: `import api, seeder, stack`
 
 from api.settings import Settings  # noqa: E402
+from bench.machine import machine  # noqa: E402
 from seeder import SeedReport, seed  # noqa: E402
 from seeder.core import run  # noqa: E402
 from seeder.progress import PlainReporter  # noqa: E402
-
-PACKAGES = ("psycopg", "psycopg-binary", "redis", "hiredis", "msgspec", "orjson", "faker", "rich")
 
 
 @contextmanager
@@ -57,61 +50,6 @@ def own_servers(pg_settings: dict[str, str]) -> Iterator[tuple[str, str]]:
                 redis_server.stop()
         finally:
             postgres.stop()
-
-
-def _cpu_model() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def machine(settings: Settings) -> list[tuple[str, str]]:
-    with psycopg.connect(settings.database_url) as conn:
-        pg = {
-            name: conn.execute(f"SHOW {name}").fetchone()[0]
-            for name in (
-                "server_version",
-                "fsync",
-                "synchronous_commit",
-                "wal_level",
-                "full_page_writes",
-                "shared_buffers",
-                "max_wal_size",
-            )
-        }
-    client = redis.Redis.from_url(settings.redis_url)
-    redis_version = client.info("server")["redis_version"]
-    client.close()
-    versions = ", ".join(f"{p} {_version(p)}" for p in PACKAGES)
-    return [
-        ("nproc", str(os.cpu_count())),
-        ("CPU", _cpu_model()),
-        ("memory", _memory()),
-        ("OS", platform.platform()),
-        ("Python", platform.python_version()),
-        ("packages", versions),
-        ("Postgres", pg.pop("server_version")),
-        ("Postgres settings", ", ".join(f"{k}={v}" for k, v in pg.items())),
-        ("Redis", redis_version),
-    ]
-
-
-def _version(package: str) -> str:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "-"
-
-
-def _memory() -> str:
-    try:
-        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError):
-        return "unknown"
-    return f"{pages * size / 2**30:.1f} GiB"
 
 
 def markdown(

@@ -30,6 +30,7 @@ from stack.servers import (
     RedisServer,
     ServerError,
     ensure_port_free,
+    granian_command,
     kill_group,
     log_tail,
     pid_alive,
@@ -173,18 +174,7 @@ def start_replica(n: int, env: dict[str, str], backpressure: int) -> Record:
     port = replica_port(n)
     name = replica_name(n)
     ensure_port_free(port, f"API replica {n}", REPLICA_HINT)
-    cmd = [
-        sys.executable, "-m", "granian",
-        "--interface", "asgi",
-        "--factory",
-        "--host", HOST,
-        "--port", str(port),
-        "--workers", "1",
-        "--loop", "uvloop",
-        "--no-ws",
-        "--backpressure", str(backpressure),
-        "api.app:create_app",
-    ]  # fmt: skip
+    cmd = granian_command("api.app:create_app", port, backpressure)
     LOGS.mkdir(parents=True, exist_ok=True)
     with open(LOGS / f"{name}.log", "ab") as log:
         log.write(f"--- {time.strftime('%F %T')} starting {name} on :{port}\n".encode())

@@ -221,6 +221,24 @@ def kill_group(pgid: int, sig: int = signal.SIGKILL) -> None:
             os.killpg(pgid, sig)
 
 
+def granian_command(app_factory: str, port: int, backpressure: int) -> list[str]:
+    """How surge serves an ASGI app factory: one Granian worker (several spread keep-alive
+    connections unevenly, DESIGN.md), uvloop, no websockets, at most `backpressure` requests
+    in flight (the Redis pool is that large, so it cannot run dry)."""
+    return [
+        sys.executable, "-m", "granian",
+        "--interface", "asgi",
+        "--factory",
+        "--host", HOST,
+        "--port", str(port),
+        "--workers", "1",
+        "--loop", "uvloop",
+        "--no-ws",
+        "--backpressure", str(backpressure),
+        app_factory,
+    ]  # fmt: skip
+
+
 def log_tail(path: Path | None, lines: int = 25) -> str:
     """The end of a log file, indented, for error messages."""
     if path is None or not path.exists():

@@ -1,0 +1,149 @@
+"""Throughput of one surge replica against the bare handler, in the same run, on the same data.
+
+The bare handler (bench/bare_handler.py) does one Redis read and returns the bytes: the yardstick
+DESIGN.md quotes (5.2-6.2k req/s for 2 replicas through nginx here). surge adds id validation,
+the fallback path, the error shape; it must not be slower. Both run as one Granian worker;
+wrk (-t1 -c256) asks for random student ids over the whole dataset; rounds alternate so the noise
+of this shared machine falls on both alike.
+
+Needs seeded stores: `make up` first (or SURGE_DATABASE_URL / SURGE_REDIS_URL). Writes
+docs/benchmarks/api-<date>.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import redis  # noqa: E402
+
+from api.contract import STUDENTS  # noqa: E402
+from api.settings import Settings  # noqa: E402
+from bench.machine import machine  # noqa: E402
+from stack.servers import free_port, granian_command, wait_for  # noqa: E402
+
+FIRST_STUDENT = 10_000
+APPS = {"surge": "api.app:create_app", "bare handler": "bench.bare_handler:create_app"}
+
+
+def answers(port: int, path: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def wrk(port: int, seconds: int, connections: int, last_id: int) -> dict[str, float]:
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
+         "-s", str(ROOT / "bench/random_students.lua"),
+         f"http://127.0.0.1:{port}", "--", str(FIRST_STUDENT), str(last_id)],
+        capture_output=True, text=True, check=True, timeout=seconds + 30,
+    ).stdout  # fmt: skip
+    line = next(line for line in out.splitlines() if line.startswith("JSON "))
+    result: dict[str, float] = json.loads(line[5:])
+    result["rps"] = result["requests"] / result["seconds"]
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=10, help="length of one wrk run")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per app")
+    parser.add_argument("--connections", type=int, default=256)
+    parser.add_argument("--out", type=Path, default=ROOT / "docs/benchmarks")
+    args = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is missing: `make deps` installs it")
+
+    settings = Settings.from_env()
+    last_id = FIRST_STUDENT + settings.students - 1
+    probe = redis.Redis.from_url(settings.redis_url)
+    if probe.hget(*STUDENTS.slot(last_id)) is None:
+        sys.exit(f"student {last_id} is not in Redis: seed first (`make up`)")
+    probe.close()
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs, ports = [], {}
+    try:
+        for name, factory in APPS.items():
+            port = free_port()
+            cmd = granian_command(factory, port, settings.redis_pool_size)
+            quiet = subprocess.DEVNULL
+            procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=quiet, stderr=quiet))
+            wait_for(lambda p=port: answers(p, f"/students/{FIRST_STUDENT}"), timeout=30, what=name)
+            ports[name] = port
+        for port in ports.values():  # warm-up: connections, prepared paths, caches
+            wrk(port, 2, args.connections, last_id)
+        results: dict[str, list[dict[str, float]]] = {name: [] for name in APPS}
+        for round_no in range(args.rounds):
+            for name, port in ports.items():
+                result = wrk(port, args.seconds, args.connections, last_id)
+                results[name].append(result)
+                print(f"round {round_no + 1} {name}: {result['rps']:.0f} req/s, "
+                      f"p99 {result['p99_ms']:.1f} ms, errors {result['non_2xx']:.0f}"
+                      f"+{result['socket_errors']:.0f}")  # fmt: skip
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=30)
+
+    report = markdown(results, args, settings)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"api-{datetime.date.today().isoformat()}.md"
+    path.write_text(report)
+    print(report)
+    print(f"wrote {path.relative_to(ROOT)}")
+    return 0
+
+
+def markdown(results: dict[str, list[dict[str, float]]], args: argparse.Namespace,
+             settings: Settings) -> str:  # fmt: skip
+    def median(values: list[float]) -> float:
+        return sorted(values)[len(values) // 2]
+
+    rows = []
+    for name, runs in results.items():
+        per_round = " / ".join(f"{r['rps']:,.0f}" for r in runs)
+        rows.append(
+            f"| {name} | {median([r['rps'] for r in runs]):,.0f} | {per_round} "
+            f"| {median([r['p50_ms'] for r in runs]):.1f} "
+            f"| {median([r['p99_ms'] for r in runs]):.1f} "
+            f"| {sum(r['non_2xx'] + r['socket_errors'] for r in runs):.0f} |"
+        )
+    surge = median([r["rps"] for r in results["surge"]])
+    bare = median([r["rps"] for r in results["bare handler"]])
+    facts = "\n".join(f"| {k} | {v} |" for k, v in machine(settings))
+    return f"""# One replica: surge vs the bare handler ({datetime.date.today().isoformat()})
+
+Command: `make bench` (this part: `.venv/bin/python bench/api.py --seconds {args.seconds} \
+--rounds {args.rounds} --connections {args.connections}`), against the stores `make up` seeded.
+Load: `wrk -t1 -c{args.connections}` with random student ids over {settings.students:,} records,
+straight to one Granian worker each (no nginx), rounds alternating between the two apps.
+
+| app | req/s (median) | req/s per round | p50 ms | p99 ms | errors |
+|---|---|---|---|---|---|
+{chr(10).join(rows)}
+
+surge / bare handler: **{surge / bare:.0%}**.
+
+| machine | |
+|---|---|
+{facts}
+"""
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,25 @@
+"""The yardstick: a bare Litestar handler doing one Redis read and returning the stored bytes.
+
+No validation, no fallback, no error shape: what surge must not be slower than (DESIGN.md).
+Served by Granian exactly like surge (stack.servers.granian_command).
+"""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+from litestar import Litestar, MediaType, Response, get
+
+from api.contract import STUDENTS
+from api.settings import Settings
+
+
+def create_app() -> Litestar:
+    settings = Settings.from_env()
+    client = aioredis.Redis.from_url(settings.redis_url, max_connections=settings.redis_pool_size)
+
+    @get("/students/{student_id:int}")
+    async def student(student_id: int) -> Response[bytes]:
+        body = await client.hget(*STUDENTS.slot(student_id))
+        return Response(body or b"{}", media_type=MediaType.JSON)
+
+    return Litestar([student], openapi_config=None)
