@@ -17,6 +17,8 @@ from litestar.params import FromPath
 from api.contract import DATASETS, Dataset
 from api.errors import EXCEPTION_HANDLERS, Problem, problem_response
 from api.lookup import Lookup
+from api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from api.metrics import Metrics
 from api.settings import Settings
 
 _encode = msgspec.json.Encoder().encode
@@ -66,7 +68,9 @@ def record_route(dataset: Dataset, lookup: Lookup) -> HTTPRouteHandler:
 
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings.from_env()
-    lookup = Lookup(settings)
+    metrics = Metrics(enabled=settings.metrics)
+    lookup = Lookup(settings, metrics)
+    metrics.watch(lookup)
 
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
@@ -94,9 +98,18 @@ def create_app(settings: Settings | None = None) -> Litestar:
             status_code=200 if is_ready else 503,
         )
 
+    @get("/metrics", tags=["operations"], summary="Prometheus metrics of this replica")
+    async def prometheus_metrics() -> Response[bytes]:
+        return Response(metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     app = Litestar(
-        route_handlers=[*(record_route(d, lookup) for d in DATASETS), health, ready],
+        route_handlers=[
+            *(record_route(d, lookup) for d in DATASETS),
+            health,
+            ready,
+            *([prometheus_metrics] if settings.metrics else []),
+        ],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         openapi_config=OpenAPIConfig(
@@ -110,4 +123,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         debug=False,
     )
     app.state.lookup = lookup
+    if settings.metrics:
+        # Outermost, around routing itself, so unknown routes (404) and 405s are counted too.
+        app.asgi_handler = metrics.middleware(app.asgi_handler)
     return app

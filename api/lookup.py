@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from time import perf_counter
 from typing import Any
 
 import psycopg
@@ -19,6 +20,7 @@ from redis.retry import Retry
 
 from api.contract import Dataset
 from api.errors import ServiceUnavailable
+from api.metrics import Metrics
 from api.settings import Settings
 
 log = logging.getLogger("surge.lookup")
@@ -92,12 +94,16 @@ class NegativeCache:
     def discard(self, key: tuple[str, Any]) -> None:
         self._expiry.pop(key, None)
 
+    def __len__(self) -> int:
+        return len(self._expiry)
+
 
 class Lookup:
     """Owns the Redis and Postgres pools of one replica and answers record lookups."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.breaker = CircuitBreaker(
             settings.redis_breaker_failures, settings.redis_breaker_cooldown
         )
@@ -148,50 +154,68 @@ class Lookup:
         Raises ServiceUnavailable when Redis cannot answer and Postgres cannot either.
         """
         key, field = dataset.slot(record_id)
-        breaker = self.breaker
+        metrics, breaker = self.metrics, self.breaker
+        outcome = metrics.outcomes[dataset.name]
         if breaker.allows():
+            started = perf_counter()
             try:
                 body = await self.redis.hget(key, field)
             except REDIS_FAULTS as exc:
                 breaker.record_failure()
+                metrics.redis_errors.inc()
                 log.warning("redis read failed, falling back to postgres: %r", exc)
             else:
+                metrics.redis_hget.observe(perf_counter() - started)
                 breaker.record_success()
                 if body is not None:
+                    outcome.redis_hit.inc()
                     return body  # type: ignore[no-any-return]
 
         unknown_key = (dataset.name, record_id)
         if unknown_key in self.unknown:
+            outcome.negative_cache_hit.inc()
             return None
-        body = await self.from_postgres(dataset, record_id)
+        try:
+            body = await self.from_postgres(dataset, record_id)
+        except ServiceUnavailable:
+            outcome.unavailable.inc()
+            raise
         if body is None:
+            outcome.not_found.inc()
             self.unknown.add(unknown_key)
             return None
+        outcome.fallback_hit.inc()
         await self._write_back(key, field, body)
         return body
 
     async def from_postgres(self, dataset: Dataset, record_id: Any) -> bytes | None:
+        started = perf_counter()
         try:
             async with self.postgres.connection() as conn:
                 cursor = await conn.execute(dataset.select_one, (record_id,))
                 row = await cursor.fetchone()
         except POSTGRES_FAULTS as exc:
+            self.metrics.postgres_errors.inc()
             log.warning("postgres read failed: %r", exc)
             raise ServiceUnavailable(
                 detail="The record store is unavailable; retry shortly.",
                 headers={"Retry-After": str(self.settings.retry_after)},
             ) from None
+        self.metrics.postgres_select.observe(perf_counter() - started)
         return None if row is None else dataset.render(row)
 
     async def _write_back(self, key: str, field: str, body: bytes) -> None:
         if not self.breaker.allows():
             return
+        started = perf_counter()
         try:
             await self.redis.hset(key, field, body)
         except REDIS_FAULTS as exc:
             self.breaker.record_failure()
+            self.metrics.redis_errors.inc()
             log.warning("redis write-back failed: %r", exc)
         else:
+            self.metrics.redis_hset.observe(perf_counter() - started)
             self.breaker.record_success()
 
     async def readiness(self) -> dict[str, str]:

@@ -54,6 +54,9 @@ class Settings:
     retry_after: int = 1
     """Retry-After seconds on a 503."""
 
+    metrics: bool = True
+    """Serve /metrics and count requests (off only to measure what metrics cost)."""
+
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
         env = os.environ if environ is None else environ
@@ -61,10 +64,23 @@ class Settings:
         for f in fields(cls):
             raw = env.get(_PREFIX + f.name.upper())
             if raw is not None and raw != "":
-                kind = type(f.default)
-                values[f.name] = kind(raw.replace("_", "")) if kind is int else kind(raw)
+                values[f.name] = _parse(type(f.default), raw)
         values.update(overrides)
         return cls(**values)
+
+
+def _parse(kind: type, raw: str) -> Any:
+    if kind is bool:
+        if raw.lower() not in _BOOLEANS:
+            raise ValueError(f"expected one of {sorted(_BOOLEANS)}, got {raw!r}")
+        return _BOOLEANS[raw.lower()]
+    if kind is int:
+        return int(raw.replace("_", ""))  # 664_824 reads like the figures in the docs
+    return kind(raw)
+
+
+_BOOLEANS = {"1": True, "true": True, "on": True, "yes": True,
+             "0": False, "false": False, "off": False, "no": False}  # fmt: skip
 
 
 def env_name(setting: str) -> str:
