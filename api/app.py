@@ -1,10 +1,9 @@
 """The surge API: `create_app()` builds it; Granian serves it (`--interface asgi --factory`)."""
 
-from __future__ import annotations
-
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Annotated
 
 import msgspec
 from litestar import Litestar, MediaType, Response, get
@@ -12,7 +11,7 @@ from litestar.exceptions import ValidationException
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.plugins import SwaggerRenderPlugin
-from litestar.params import FromPath
+from litestar.params import Parameter
 
 from api.contract import DATASETS, Dataset
 from api.errors import EXCEPTION_HANDLERS, Problem, problem_response
@@ -34,7 +33,9 @@ def record_route(dataset: Dataset, lookup: Lookup) -> HTTPRouteHandler:
     parse_id = dataset.parse_id
     not_found = f"No {dataset.noun} with this id."
 
-    async def read_record(record_id: FromPath[str]) -> Response[bytes]:
+    async def read_record(
+        record_id: Annotated[str, Parameter(schema_extra={"pattern": dataset.id_pattern})],
+    ) -> Response[bytes]:
         key = parse_id(record_id)
         if key is None:
             raise ValidationException(detail=f"Invalid {dataset.noun} id: {dataset.id_rule}.")
@@ -98,7 +99,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
             status_code=200 if is_ready else 503,
         )
 
-    @get("/metrics", tags=["operations"], summary="Prometheus metrics of this replica")
+    @get(
+        "/metrics",
+        tags=["operations"],
+        summary="Prometheus metrics of this replica",
+        media_type=METRICS_CONTENT_TYPE,
+    )
     async def prometheus_metrics() -> Response[bytes]:
         return Response(metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
 

@@ -135,3 +135,39 @@ def _session_servers_running(request: pytest.FixtureRequest) -> Iterator[None]:
 def pytest_report_header(config: pytest.Config) -> str:
     who = "root (Postgres runs as the postgres user)" if os.geteuid() == 0 else "a normal user"
     return f"surge: real Postgres and Redis from stack.servers, running as {who}"
+
+
+@pytest.fixture(scope="session")
+def api_url(settings: Settings, seeded: Any) -> Iterator[str]:
+    """One real API replica (Granian, as `make up` runs it) over the seeded session servers."""
+    import subprocess
+    import urllib.request
+
+    from stack.servers import granian_command, wait_for
+
+    port = free_port()
+    env = {
+        **os.environ,
+        "SURGE_DATABASE_URL": settings.database_url,
+        "SURGE_REDIS_URL": settings.redis_url,
+        "SURGE_STUDENTS": str(settings.students),
+        "SURGE_BOOKINGS": str(settings.bookings),
+    }
+    cmd = granian_command("api.app:create_app", port, settings.redis_pool_size)
+    root = Path(__file__).resolve().parents[1]
+    replica = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        try:
+            with urllib.request.urlopen(f"{url}/ready", timeout=1) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    try:
+        wait_for(ready, timeout=30, what="API replica", alive=lambda: replica.poll() is None)
+        yield url
+    finally:
+        replica.terminate()
+        replica.wait(timeout=30)

@@ -9,6 +9,7 @@ import msgspec
 from api.contract.dataset import Dataset, Row
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.ASCII)
+BOOKING_ID_PATTERN = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 
 # Random v4 ids spread evenly over 16^4 hashes: ~8 bookings per hash at 500k, ~80 at 5M,
 # inside the listpack limits whatever SURGE_BOOKINGS is.
@@ -133,6 +134,7 @@ BOOKINGS = Dataset(
     name="bookings",
     noun="booking",
     id_rule="a booking id is a UUID in its 8-4-4-4-12 hexadecimal form",
+    id_pattern=BOOKING_ID_PATTERN,
     parse_id=parse_booking_id,
     slot=booking_slot,
     select_one=_SELECT + "WHERE b.id = %s::uuid",

@@ -31,6 +31,8 @@ class Dataset:
     """Singular, for messages ("student")."""
     id_rule: str
     """What a valid id looks like, said to a client that sent a bad one."""
+    id_pattern: str
+    """The same rule as a regular expression, for the OpenAPI schema (parse_id is the check)."""
     parse_id: Callable[[str], Any | None]
     """The canonical id for a raw path segment, or None when the segment is not a valid id."""
     slot: Callable[[Any], tuple[str, str]]

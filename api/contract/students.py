@@ -6,8 +6,11 @@ import msgspec
 
 from api.contract.dataset import Dataset, Row
 
-MAX_STUDENT_ID = 2_147_483_647  # the students.id column is a Postgres integer
+# Registration numbers have at most 9 digits: inside the Postgres integer column, and a range an
+# OpenAPI pattern states exactly (so fuzzers and clients know what is valid without trying).
+MAX_STUDENT_ID = 999_999_999
 _MAX_DIGITS = len(str(MAX_STUDENT_ID))
+STUDENT_ID_PATTERN = rf"^[1-9][0-9]{{0,{_MAX_DIGITS - 1}}}$"
 STUDENTS_PER_HASH = 100
 
 
@@ -109,6 +112,7 @@ STUDENTS = Dataset(
         f"a student id is a registration number: plain digits without sign, leading zeros or "
         f"separators, from 1 to {MAX_STUDENT_ID}"
     ),
+    id_pattern=STUDENT_ID_PATTERN,
     parse_id=parse_student_id,
     slot=student_slot,
     select_one=_SELECT + "WHERE s.id = %s",
