@@ -6,7 +6,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated
 
 import msgspec
-from litestar import Litestar, MediaType, Response, get
+from litestar import HttpMethod, Litestar, MediaType, Response, get, route
 from litestar.exceptions import ValidationException
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import OpenAPIConfig, ResponseSpec
@@ -21,6 +21,10 @@ from api.metrics import Metrics
 from api.settings import Settings
 
 _encode = msgspec.json.Encoder().encode
+
+
+# HEAD is answered like GET without the body (RFC 9110 9.3.2), as caches and monitors expect.
+READ_METHODS = [HttpMethod.GET, HttpMethod.HEAD]
 
 
 class Readiness(msgspec.Struct, frozen=True):
@@ -44,9 +48,10 @@ def record_route(dataset: Dataset, lookup: Lookup) -> HTTPRouteHandler:
             return problem_response(404, "Not Found", not_found)
         return Response(body, media_type=MediaType.JSON)
 
-    return get(
+    return route(
         f"/{dataset.name}/{{record_id:str}}",
-        operation_id=f"get_{dataset.noun}",
+        http_method=READ_METHODS,
+        operation_id=lambda _handler, method, _path: f"{method.lower()}_{dataset.noun}",
         summary=f"One {dataset.noun} by id",
         description=dataset.id_rule[0].upper() + dataset.id_rule[1:] + ".",
         tags=[dataset.name],
@@ -81,12 +86,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
         finally:
             await lookup.close()
 
-    @get("/health", tags=["operations"], summary="The process is alive")
+    @route("/health", http_method=READ_METHODS, tags=["operations"], summary="The process is alive")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @get(
+    @route(
         "/ready",
+        http_method=READ_METHODS,
         tags=["operations"],
         summary="Redis and Postgres reachable",
         responses={503: ResponseSpec(Readiness, description="A store is unreachable")},

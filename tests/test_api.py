@@ -196,3 +196,13 @@ def test_openapi_schema_and_docs_page(client):
     page = client.get("/docs")
     assert page.status_code == 200
     assert "text/html" in page.headers["content-type"]
+
+
+def test_head_is_answered_like_get_without_a_body(client):
+    get = client.get("/students/10000")
+    head = client.head("/students/10000")
+    assert head.status_code == 200
+    assert head.headers["content-type"] == "application/json"
+    assert head.headers["content-length"] == str(len(get.content))
+    assert head.content == b""
+    assert client.head("/ready").status_code == 200
