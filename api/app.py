@@ -74,6 +74,7 @@ def record_route(dataset: Dataset, lookup: Lookup) -> HTTPRouteHandler:
 
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings.from_env()
+    settings.refuse_unsafe_production()
     metrics = Metrics(enabled=settings.metrics)
     lookup = Lookup(settings, metrics)
     metrics.watch(lookup)

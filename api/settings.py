@@ -5,14 +5,18 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, fields
 from typing import Any
+from urllib.parse import urlsplit
 
 _PREFIX = "SURGE_"
+DEFAULT_PASSWORD = "surge"  # local development only: production refuses it
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Environment variables are the field names upper-cased with the SURGE_ prefix."""
 
+    environment: str = "development"
+    """`production` refuses to start with the local default credentials below."""
     database_url: str = "postgresql://surge:surge@127.0.0.1:5432/surge"
     """Postgres, the source of truth (libpq URL)."""
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -56,6 +60,23 @@ class Settings:
 
     metrics: bool = True
     """Serve /metrics and count requests (off only to measure what metrics cost)."""
+
+    def production_problems(self) -> list[str]:
+        """What keeps these settings from being used in production (empty when none)."""
+        if self.environment != "production":
+            return []
+        problems = []
+        db = urlsplit(self.database_url)
+        if not db.password or db.password == DEFAULT_PASSWORD:
+            problems.append(f"{env_name('database_url')} needs a password of its own")
+        if not urlsplit(self.redis_url).password:
+            problems.append(f"{env_name('redis_url')} needs a password (redis://:PASSWORD@host)")
+        return problems
+
+    def refuse_unsafe_production(self) -> None:
+        problems = self.production_problems()
+        if problems:
+            raise RuntimeError("refusing to start in production: " + "; ".join(problems))
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:

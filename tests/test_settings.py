@@ -1,0 +1,44 @@
+"""Settings: environment parsing, and production refusing the local default credentials."""
+
+from __future__ import annotations
+
+import pytest
+
+from api.app import create_app
+from api.settings import Settings
+
+
+def test_values_come_from_the_environment():
+    s = Settings.from_env(
+        {"SURGE_STUDENTS": "1_000", "SURGE_REDIS_TIMEOUT": "0.2", "SURGE_METRICS": "off"}
+    )
+    assert (s.students, s.redis_timeout, s.metrics) == (1000, 0.2, False)
+
+
+def test_a_bad_boolean_is_refused():
+    with pytest.raises(ValueError):
+        Settings.from_env({"SURGE_METRICS": "maybe"})
+
+
+def test_development_accepts_the_defaults():
+    assert Settings.from_env({}).production_problems() == []
+
+
+def test_production_refuses_default_credentials():
+    s = Settings.from_env({"SURGE_ENVIRONMENT": "production"})
+    problems = s.production_problems()
+    assert any("SURGE_DATABASE_URL" in p for p in problems)
+    assert any("SURGE_REDIS_URL" in p for p in problems)
+    with pytest.raises(RuntimeError, match="refusing to start in production"):
+        create_app(s)
+
+
+def test_production_accepts_real_credentials():
+    s = Settings.from_env(
+        {
+            "SURGE_ENVIRONMENT": "production",
+            "SURGE_DATABASE_URL": "postgresql://surge:s3cret-long@db:5432/surge",
+            "SURGE_REDIS_URL": "redis://:an0ther-s3cret@cache:6379/0",
+        }
+    )
+    assert s.production_problems() == []
