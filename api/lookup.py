@@ -6,6 +6,8 @@ SURGE_REDIS_TIMEOUT, nor on a Postgres connection longer than SURGE_PG_WAIT_TIME
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from time import perf_counter
@@ -18,7 +20,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from api.contract import Dataset
+from api.contract import DATASETS, LIVE_KEY, UNSEEDED_VERSION, Dataset, parse_version
 from api.errors import ServiceUnavailable
 from api.metrics import Metrics
 from api.settings import Settings
@@ -94,6 +96,9 @@ class NegativeCache:
     def discard(self, key: tuple[str, Any]) -> None:
         self._expiry.pop(key, None)
 
+    def clear(self) -> None:
+        self._expiry.clear()
+
     def __len__(self) -> int:
         return len(self._expiry)
 
@@ -108,6 +113,10 @@ class Lookup:
             settings.redis_breaker_failures, settings.redis_breaker_cooldown
         )
         self.unknown = NegativeCache(settings.negative_cache_ttl, settings.negative_cache_size)
+        # The Redis version each dataset is read from and written back to, as this replica last
+        # read surge:live; refreshed in the background (watch_live), never per request.
+        self.live: dict[str, int] = {d.name: UNSEEDED_VERSION for d in DATASETS}
+        self._watcher: asyncio.Task[None] | None = None
         # The pool is as large as the replica's concurrency cap (Granian --backpressure), so
         # it cannot run dry; no retries: a failed call falls back to Postgres at once.
         self.redis = aioredis.Redis(
@@ -141,19 +150,52 @@ class Lookup:
     async def open(self) -> None:
         # wait=False: a replica starts even while Postgres is down, and serves from Redis.
         await self.postgres.open(wait=False)
+        await self.refresh_live()  # serve the live version from the first request on
+        self._watcher = asyncio.create_task(self._watch_live(), name="surge-live-versions")
 
     async def close(self) -> None:
         try:
+            if self._watcher is not None:
+                self._watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._watcher
             await self.postgres.close()
         finally:
             await self.redis.aclose()
+
+    async def refresh_live(self) -> bool:
+        """Read surge:live once; on any failure keep the versions already known.
+
+        A dataset absent from surge:live (an empty or flushed Redis) reads version 0, like
+        every other replica, so their write-backs land in the same keys."""
+        try:
+            raw = await self.redis.hgetall(LIVE_KEY)
+        except REDIS_FAULTS as exc:
+            log.debug("live versions not refreshed: %r", exc)
+            return False
+        live = {name: parse_version(raw.get(name.encode())) for name in self.live}
+        if live != self.live:
+            log.info("live dataset versions: %s", live)
+            # Records absent from the old version may exist in the new one.
+            self.unknown.clear()
+            self.live = live
+        return True
+
+    async def _watch_live(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.live_refresh_interval)
+            try:
+                await self.refresh_live()
+            except Exception:  # a malformed surge:live, say: keep the versions, keep watching
+                log.exception("live versions not refreshed")
 
     async def get(self, dataset: Dataset, record_id: Any) -> bytes | None:
         """The record's JSON bytes, or None when no such record exists.
 
         Raises ServiceUnavailable when Redis cannot answer and Postgres cannot either.
         """
-        key, field = dataset.slot(record_id)
+        # One version for the whole lookup, write-back included: never a mix of two.
+        key, field = dataset.slot(record_id, self.live[dataset.name])
         metrics, breaker = self.metrics, self.breaker
         outcome = metrics.outcomes[dataset.name]
         if breaker.allows():

@@ -51,6 +51,12 @@ class Settings:
     pg_connect_timeout: int = 2
     """Seconds to open a Postgres connection."""
 
+    live_refresh_interval: float = 0.5
+    """Seconds between a replica's reads of the live dataset versions (surge:live)."""
+    reseed_grace: float = 2.0
+    """Seconds the seeder keeps the previous Redis version after switching to a new one: above
+    twice SURGE_LIVE_REFRESH_INTERVAL plus SURGE_REDIS_TIMEOUT, so no replica still reads it."""
+
     negative_cache_ttl: float = 30.0
     """Seconds an unknown id is remembered as unknown, so floods of it skip Postgres."""
     negative_cache_size: int = 100_000

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings.from_env()
     last_id = FIRST_STUDENT + settings.students - 1
     probe = redis.Redis.from_url(settings.redis_url)
-    if probe.hget(*STUDENTS.slot(last_id)) is None:
+    if probe.hget(*STUDENTS.live_slot(probe, last_id)) is None:
         sys.exit(f"student {last_id} is not in Redis: seed first (`make up`)")
     probe.close()
 

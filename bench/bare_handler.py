@@ -6,20 +6,23 @@ Served by Granian exactly like surge (stack.servers.granian_command).
 
 from __future__ import annotations
 
+import redis
 import redis.asyncio as aioredis
 from litestar import Litestar, MediaType, Response, get
 
-from api.contract import STUDENTS
+from api.contract import LIVE_KEY, STUDENTS, parse_version
 from api.settings import Settings
 
 
 def create_app() -> Litestar:
     settings = Settings.from_env()
     client = aioredis.Redis.from_url(settings.redis_url, max_connections=settings.redis_pool_size)
+    with redis.Redis.from_url(settings.redis_url) as probe:  # the live version, once
+        version = parse_version(probe.hget(LIVE_KEY, STUDENTS.name))
 
     @get("/students/{student_id:int}")
     async def student(student_id: int) -> Response[bytes]:
-        body = await client.hget(*STUDENTS.slot(student_id))
+        body = await client.hget(*STUDENTS.slot(student_id, version))
         return Response(body or b"{}", media_type=MediaType.JSON)
 
     return Litestar([student], openapi_config=None)

@@ -27,6 +27,8 @@ class DatasetReport:
     """Postgres already held this seed and size: nothing was generated or loaded."""
     redis_skipped: bool
     """Redis already held exactly that Postgres load: nothing was written."""
+    redis_version: int
+    """The live version of the dataset in Redis after this run."""
     redis_keys: int
     redis_bytes_per_record: float
     """Redis memory per record, measured when the hashes were written (MEMORY USAGE sample)."""
@@ -140,9 +142,17 @@ def _seed_one(
         marker = None if reset else redis_fill.in_sync(client, dataset, pg)
         redis_skipped = marker is not None
         if marker is None:
-            redis_fill.clear(client, dataset)
+            # Beside the live version, which keeps serving until the switch.
+            version = redis_fill.next_version(client, dataset)
             with reporter.phase(f"redis {dataset.name}", pg.rows) as advance:
-                marker = redis_fill.fill(conn, client, dataset, pg, advance)
+                marker = redis_fill.fill(conn, client, dataset, pg, advance, version)
+            redis_fill.switch(client, marker, dataset)
+            if redis_fill.stale_keys(client, dataset):
+                # Replicas pick the new version up within their refresh interval; until then
+                # (and while a lookup that began before is still running) the old one must stay.
+                time.sleep(settings.reseed_grace)
+        # Also after an in-sync run: what an interrupted run or a late write-back left behind.
+        redis_fill.sweep(client, dataset)
     for where, skipped in (("postgres", pg_skipped), ("redis", redis_skipped)):
         if skipped:
             reporter.note(f"{where} {dataset.name}: in sync (seed {pg.seed}, {pg.rows:,} rows)")
@@ -151,6 +161,7 @@ def _seed_one(
         records=marker.records,
         postgres_skipped=pg_skipped,
         redis_skipped=redis_skipped,
+        redis_version=marker.version,
         redis_keys=marker.keys,
         redis_bytes_per_record=marker.bytes_per_record,
     )

@@ -1,12 +1,19 @@
-"""Redis side: copy each dataset from Postgres into the contract's hashes, and know when not to.
+"""Redis side: copy each dataset from Postgres into a new version of the contract's hashes, switch
+readers to it, remove the old one; and know when not to.
 
 Redis is filled from Postgres, never from the generator, with the contract's select_all, render()
 and slot(): the seeder and the API's read-through then write the same bytes under the same field.
 
-`surge:meta` remembers, per dataset, which Postgres load the hashes were filled from (seed, rows,
-dataset_meta.loaded_at) and how many hashes that made. A run whose Postgres load matches, and whose
-hashes are all still there, leaves Redis alone; anything else (a flush, an eviction, a different
-load) clears the dataset's hashes and fills them again.
+Zero-downtime: every key carries its dataset version ("students:v3:1234"). A fill writes a version
+nobody reads yet; switch() then records it in `surge:live` (and its marker) in one MULTI, and each
+API replica moves to it within its refresh interval. After a grace period longer than that, sweep()
+UNLINKs every other version. A reader therefore sees one version per lookup, never a mix, and never
+a missing key. Redis holds both versions of a dataset during a reseed (twice its memory).
+
+`surge:meta` remembers, per dataset, which Postgres load the live version was filled from (seed,
+rows, dataset_meta.loaded_at) and how many hashes that made. A run whose Postgres load matches, and
+whose hashes are all still there, leaves Redis alone; anything else (a flush, an eviction, a
+different load) fills a new version.
 """
 
 from __future__ import annotations
@@ -19,11 +26,14 @@ import orjson
 import psycopg
 import redis
 
-from api.contract import REDIS_HASH_CONFIG, Dataset
+from api.contract import LIVE_KEY, REDIS_HASH_CONFIG, Dataset, parse_version
 from seeder.postgres import Loaded
 from seeder.progress import Advance
 
 MARKER_KEY = "surge:meta"
+# The last version handed out per dataset: versions are never reused, so a fill that died midway
+# cannot be mistaken for a live one (its keys are swept by the next run).
+VERSIONS_KEY = "surge:versions"
 
 _FETCH_ROWS = 5_000  # rows per network chunk from Postgres (libpq chunked-rows mode)
 _BATCH_RECORDS = 5_000  # records per pipeline round trip to Redis
@@ -33,8 +43,9 @@ _MEMORY_SAMPLE = 1_000  # hashes whose memory is measured
 
 @dataclass(frozen=True, slots=True)
 class Filled:
-    """What `surge:meta` records for one dataset."""
+    """What `surge:meta` records for one dataset: the fill behind its live version."""
 
+    version: int
     seed: int
     rows: int
     loaded_at: str  # dataset_meta.loaded_at of the Postgres load the hashes came from
@@ -63,26 +74,43 @@ def configure(client: redis.Redis) -> None:
             )
 
 
-def key_pattern(dataset: Dataset) -> str:
-    # The contract's slot() names every hash "<dataset>:<bucket>"; fill() checks that it does.
-    return f"{dataset.name}:*"
+def key_pattern(dataset: Dataset, version: int | None = None) -> str:
+    """Keys of one version of the dataset, or (None) of all its versions."""
+    return dataset.version_pattern(version)
+
+
+def live_version(client: redis.Redis, dataset: Dataset) -> int:
+    return parse_version(client.hget(LIVE_KEY, dataset.name))
+
+
+def next_version(client: redis.Redis, dataset: Dataset) -> int:
+    """A version no fill has used: above the counter and above the live one (should the counter
+    have been deleted on its own)."""
+    version = client.hincrby(VERSIONS_KEY, dataset.name, 1)
+    live = live_version(client, dataset)
+    if version <= live:
+        version = live + 1
+        client.hset(VERSIONS_KEY, dataset.name, version)
+    return version
 
 
 def filled(client: redis.Redis, dataset: Dataset) -> Filled | None:
     raw = client.hget(MARKER_KEY, dataset.name)
     try:
         return Filled(**orjson.loads(raw)) if raw else None
-    except (orjson.JSONDecodeError, TypeError):  # written by another version: refill
+    except (orjson.JSONDecodeError, TypeError):  # written by another release: refill
         return None
 
 
 def in_sync(client: redis.Redis, dataset: Dataset, pg: Loaded) -> Filled | None:
-    """The marker of a fill from exactly this Postgres load, if every hash it made is there."""
+    """The marker of a fill from exactly this Postgres load, if it is the live version and every
+    hash it made is there."""
     marker = filled(client, dataset)
     if (
         marker is None
         or (marker.seed, marker.rows, marker.loaded_at) != (pg.seed, pg.rows, _stamp(pg))
-        or _count_keys(client, dataset) != marker.keys
+        or marker.version != live_version(client, dataset)
+        or _count_keys(client, dataset, marker.version) != marker.keys
     ):
         return None
     return marker
@@ -92,12 +120,12 @@ def _stamp(pg: Loaded) -> str:
     return pg.loaded_at.astimezone(UTC).isoformat()  # the same text whatever the session zone
 
 
-def _keys(client: redis.Redis, dataset: Dataset) -> list[bytes]:
-    return list(client.scan_iter(match=key_pattern(dataset), count=_SCAN_COUNT))
+def _keys(client: redis.Redis, dataset: Dataset, version: int | None = None) -> list[bytes]:
+    return list(client.scan_iter(match=key_pattern(dataset, version), count=_SCAN_COUNT))
 
 
-def _count_keys(client: redis.Redis, dataset: Dataset) -> int:
-    return len(_keys(client, dataset))
+def _count_keys(client: redis.Redis, dataset: Dataset, version: int) -> int:
+    return len(_keys(client, dataset, version))
 
 
 def _bytes_per_record(client: redis.Redis, keys: list[bytes]) -> float:
@@ -115,13 +143,30 @@ def _bytes_per_record(client: redis.Redis, keys: list[bytes]) -> float:
     return sum(replies[0::2]) / records if records else 0.0
 
 
-def clear(client: redis.Redis, dataset: Dataset) -> int:
-    """Forget the dataset: its marker first (so a crash midway reads as "not filled"), then its
-    hashes, in SCAN-sized batches that never block Redis (UNLINK frees memory in the background).
-    Other data in the same Redis is left alone."""
-    client.hdel(MARKER_KEY, dataset.name)
-    keys = _keys(client, dataset)
+def _unlink(client: redis.Redis, keys: list[bytes]) -> int:
+    # SCAN-sized batches never block Redis; UNLINK frees the memory in the background.
     return sum(client.unlink(*keys[i : i + _SCAN_COUNT]) for i in range(0, len(keys), _SCAN_COUNT))
+
+
+def switch(client: redis.Redis, marker: Filled, dataset: Dataset) -> None:
+    """Make `marker.version` the live version: marker and pointer change in one MULTI/EXEC, so
+    `surge:meta` always describes what `surge:live` points at."""
+    pipe = client.pipeline(transaction=True)
+    pipe.hset(MARKER_KEY, dataset.name, orjson.dumps(asdict(marker)))
+    pipe.hset(LIVE_KEY, dataset.name, marker.version)
+    pipe.execute()
+
+
+def stale_keys(client: redis.Redis, dataset: Dataset) -> list[bytes]:
+    """Keys of every version but the live one: the previous fill, a fill that died midway,
+    write-backs of the API to a version it still believed live."""
+    live = live_version(client, dataset)
+    return [key for key in _keys(client, dataset) if dataset.key_version(key) != live]
+
+
+def sweep(client: redis.Redis, dataset: Dataset) -> int:
+    """UNLINK every version of the dataset but the live one. Other data is left alone."""
+    return _unlink(client, stale_keys(client, dataset))
 
 
 def fill(
@@ -130,10 +175,13 @@ def fill(
     dataset: Dataset,
     pg: Loaded,
     advance: Advance,
+    version: int,
 ) -> Filled:
-    """Stream every record of `dataset` from Postgres into Redis; the caller has cleared it."""
+    """Stream every record of `dataset` from Postgres into `version` of its hashes (a version
+    nobody reads yet); switch() makes it live."""
+    _unlink(client, _keys(client, dataset, version))  # never used, unless a counter was lost
     render, slot, record_id = dataset.render, dataset.slot, dataset.record_id
-    prefix = key_pattern(dataset)[:-1]
+    prefix = key_pattern(dataset, version)[:-1]
     pipe = client.pipeline(transaction=False)
     records = pending = 0
     key, fields = None, []  # the hash being built: field, value, field, value, ...
@@ -145,7 +193,7 @@ def fill(
     # Chunked streaming: Postgres computes the next rows while these are rendered and sent,
     # and memory stays flat however big the dataset is.
     for row in conn.cursor().stream(dataset.select_all, size=_FETCH_ROWS):
-        row_key, field = slot(record_id(row))
+        row_key, field = slot(record_id(row), version)
         if row_key != key:
             # Rows come ordered by id, so one hash's records arrive together: one HSET each.
             flush_hash()
@@ -168,8 +216,9 @@ def fill(
         raise RuntimeError(
             f"{dataset.name}: Postgres returned {records:,} records, dataset_meta says {pg.rows:,}"
         )
-    keys = _keys(client, dataset)
-    marker = Filled(
+    keys = _keys(client, dataset, version)
+    return Filled(
+        version=version,
         seed=pg.seed,
         rows=pg.rows,
         loaded_at=_stamp(pg),
@@ -177,5 +226,3 @@ def fill(
         keys=len(keys),
         bytes_per_record=_bytes_per_record(client, keys),
     )
-    client.hset(MARKER_KEY, dataset.name, orjson.dumps(asdict(marker)))
-    return marker

@@ -60,7 +60,7 @@ def assert_problem(response, status: int) -> dict:
 def test_postgres_render_equals_redis_bytes_equals_fallback(client, pg, rds, dataset):
     for record_id in sample_ids(pg, dataset, 25):
         from_postgres = rendered_from_postgres(pg, dataset, record_id)
-        key, field = dataset.slot(record_id)
+        key, field = dataset.live_slot(rds, record_id)
         assert rds.hget(key, field) == from_postgres
 
         hit = client.get(f"/{dataset.name}/{record_id}")

@@ -65,7 +65,7 @@ def test_redis_down_falls_back_to_postgres_then_returns(client, settings, redis_
 
     def back_on_redis() -> bool:
         assert client.get(f"/students/{probe_id}").status_code == 200
-        return rds.hget(*STUDENTS.slot(probe_id)) is not None
+        return rds.hget(*STUDENTS.live_slot(rds, probe_id)) is not None
 
     poll_until(back_on_redis, RECOVERY_BOUND_S)
     assert client.get("/ready").status_code == 200
@@ -77,7 +77,7 @@ def test_postgres_down_serves_cached_and_503s_uncached(client, settings, postgre
     cached_id, uncached_id = 10_300, 10_301
     rds = redis.Redis.from_url(settings.redis_url)
     assert client.get(f"/students/{cached_id}").status_code == 200
-    rds.hdel(*STUDENTS.slot(uncached_id))
+    rds.hdel(*STUDENTS.live_slot(rds, uncached_id))
     postgres_server.stop()
     try:
         response, _ = timed_get(client, f"/students/{cached_id}")

@@ -5,9 +5,26 @@ it imports nothing from the seeder.
 """
 
 from api.contract.bookings import BOOKINGS
-from api.contract.dataset import REDIS_HASH_CONFIG, SCHEMA_SQL, Dataset
+from api.contract.dataset import (
+    LIVE_KEY,
+    REDIS_HASH_CONFIG,
+    SCHEMA_SQL,
+    UNSEEDED_VERSION,
+    Dataset,
+    parse_version,
+)
 from api.contract.students import STUDENTS
 
 DATASETS: tuple[Dataset, ...] = (STUDENTS, BOOKINGS)
 
-__all__ = ["BOOKINGS", "DATASETS", "REDIS_HASH_CONFIG", "SCHEMA_SQL", "STUDENTS", "Dataset"]
+__all__ = [
+    "BOOKINGS",
+    "DATASETS",
+    "LIVE_KEY",
+    "REDIS_HASH_CONFIG",
+    "SCHEMA_SQL",
+    "STUDENTS",
+    "UNSEEDED_VERSION",
+    "Dataset",
+    "parse_version",
+]

@@ -24,9 +24,9 @@ def parse_booking_id(raw: str) -> str | None:
     return lowered if _UUID.fullmatch(lowered) else None
 
 
-def booking_slot(booking_id: str) -> tuple[str, str]:
+def booking_slot(booking_id: str, version: int) -> tuple[str, str]:
     hexdigits = booking_id.replace("-", "")
-    return f"bookings:{hexdigits[:_BUCKET_HEX_DIGITS]}", hexdigits[_BUCKET_HEX_DIGITS:]
+    return f"bookings:v{version}:{hexdigits[:_BUCKET_HEX_DIGITS]}", hexdigits[_BUCKET_HEX_DIGITS:]
 
 
 def _utc(column: str) -> str:

@@ -20,6 +20,19 @@ REDIS_HASH_CONFIG: dict[str, str] = {
 
 Row = Sequence[Any]
 
+# Versions: every record key carries the dataset version it belongs to ("students:v3:1234"), so
+# a reseed fills a new version beside the live one and switches readers over in one HSET.
+# LIVE_KEY maps dataset name -> live version (decimal). Version 0 is "not seeded": what the API
+# reads and writes back to while LIVE_KEY has no entry (an empty or flushed Redis); the seeder's
+# versions start at 1.
+LIVE_KEY = "surge:live"
+UNSEEDED_VERSION = 0
+
+
+def parse_version(raw: bytes | str | None) -> int:
+    """A version as LIVE_KEY stores it; absent means not seeded."""
+    return UNSEEDED_VERSION if raw is None else int(raw)
+
 
 @dataclass(frozen=True, slots=True)
 class Dataset:
@@ -35,8 +48,9 @@ class Dataset:
     """The same rule as a regular expression, for the OpenAPI schema (parse_id is the check)."""
     parse_id: Callable[[str], Any | None]
     """The canonical id for a raw path segment, or None when the segment is not a valid id."""
-    slot: Callable[[Any], tuple[str, str]]
-    """(Redis hash key, field) that holds the record with this canonical id."""
+    slot: Callable[[Any, int], tuple[str, str]]
+    """(Redis hash key, field) that holds the record with this canonical id in this dataset
+    version: one f-string, as it runs on every request. Keys are "<name>:v<version>:<bucket>"."""
     select_one: str
     """SQL for one record by canonical id (one parameter); columns as render() expects."""
     select_all: str
@@ -45,6 +59,20 @@ class Dataset:
     """The record's JSON bytes from a row of select_one/select_all: the exact bytes served."""
     record_type: type
     """The msgspec Struct render() encodes: the one definition of the JSON fields (and docs)."""
+
+    def live_slot(self, client: Any, record_id: Any) -> tuple[str, str]:
+        """slot() in the version surge:live names now, asked of a synchronous redis-py client:
+        for tools and tests. The API keeps the live versions in memory instead."""
+        return self.slot(record_id, parse_version(client.hget(LIVE_KEY, self.name)))
+
+    def version_pattern(self, version: int | None = None) -> str:
+        """SCAN pattern for the keys of one version of this dataset, or of every version."""
+        return f"{self.name}:v{'*' if version is None else version}:*"
+
+    def key_version(self, key: bytes | str) -> int:
+        """The version a key of this dataset belongs to ("students:v3:12" -> 3)."""
+        text = key.decode() if isinstance(key, bytes) else key
+        return int(text.split(":", 2)[1][1:])
 
     def record_id(self, row: Row) -> Any:
         """The canonical id of a selected row (always its first column)."""

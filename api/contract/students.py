@@ -24,9 +24,9 @@ def parse_student_id(raw: str) -> int | None:
     return None
 
 
-def student_slot(student_id: int) -> tuple[str, str]:
+def student_slot(student_id: int, version: int) -> tuple[str, str]:
     bucket, field = divmod(student_id, STUDENTS_PER_HASH)
-    return f"students:{bucket}", str(field)
+    return f"students:v{version}:{bucket}", str(field)
 
 
 # Formatting happens in SQL (dates as text) so both paths hand render() the same values.
