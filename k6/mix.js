@@ -1,0 +1,46 @@
+// The realistic mix: mostly students (results day), some bookings, and the mistakes real users
+// make (unknown ids, mistyped ids), each kind tagged `kind:<kind>` with its own checks:
+// records must come back 200 JSON with the id asked for, mistakes as problem+json 404 / 400.
+// Contract: no failed request (400/404 are expected answers here), every check of every kind
+// passes, the reference latency holds.
+//
+//   make k6-mix
+//   MIX_VUS, MIX_HOLD                   1000, 2m
+//   STAGES="10s:200,30s:200,5s:0"       stages of your own
+import http from 'k6/http';
+
+import { COMMON_OPTIONS, mixShape } from './lib/load-options.js';
+import { lookup, MIX_WEIGHTS, thinkTime, weightedKinds } from './lib/requests.js';
+import { requireBookings, requireReady, requireStudents } from './lib/setup.js';
+import {
+  ALL_CHECKS_PASS,
+  everyKindPasses,
+  NO_FAILED_REQUESTS,
+  REFERENCE_LATENCY,
+} from './lib/thresholds.js';
+
+export const options = {
+  thresholds: {
+    ...NO_FAILED_REQUESTS,
+    ...REFERENCE_LATENCY,
+    ...ALL_CHECKS_PASS,
+    ...everyKindPasses(Object.keys(MIX_WEIGHTS)),
+  },
+  scenarios: { mix: mixShape() },
+  ...COMMON_OPTIONS,
+};
+
+http.setResponseCallback(http.expectedStatuses(200, 400, 404));
+
+const nextKind = weightedKinds(MIX_WEIGHTS);
+
+export function setup() {
+  requireReady();
+  requireStudents();
+  requireBookings();
+}
+
+export default function () {
+  lookup(nextKind());
+  thinkTime();
+}
