@@ -1,8 +1,11 @@
 """Postgres side: schema, what is loaded (dataset_meta), and the bulk load of each dataset.
 
-A dataset is rebuilt in one transaction: TRUNCATE its tables, drop their primary and foreign keys,
-COPY the rows, put the keys back, record (seed, rows) in dataset_meta, COMMIT. Readers see the old
-data or the new, never half of it, and a load that dies leaves the old data and its old meta row.
+A dataset is rebuilt beside the live one, so the API's reads (Redis misses) are never blocked by a
+load: its tables are created afresh in the staging schema `surge_next`, COPYed into without keys,
+given their keys and statistics, and committed there. Then one short transaction drops the live
+tables, moves the staged ones into `public` (SET SCHEMA keeps their indexes, keys and statistics)
+and records (seed, rows) in dataset_meta. Readers see the old data or the new, never half of it,
+and wait at most for that swap; a load that dies leaves the live data and its meta row as they were.
 Foreign keys checked row by row during COPY cost ~10x the load itself (4M score rows: 44 s against
 ~4 s), while adding them afterwards checks every row in one join; a primary key built once from
 sorted data beats millions of inserts into random places of the index (bookings' UUIDs).
@@ -11,6 +14,7 @@ sorted data beats millions of inserts into random places of the index (bookings'
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,6 +27,14 @@ from seeder.progress import Reporter
 
 STUDENT_TABLES = ("subjects", "students", "student_scores")
 BOOKING_TABLES = ("events", "shows", "zones", "bookings")
+
+STAGING_SCHEMA = "surge_next"
+APPLICATION_NAME = "surge-seed"
+
+# The swap waits this long for readers' locks, then gives way and tries again, so readers never
+# queue long behind it (a waiting ACCESS EXCLUSIVE request blocks every reader that comes after).
+_SWAP_LOCK_TIMEOUT = "500ms"
+_SWAP_ATTEMPTS = 20
 
 # Serialises seeders started at the same moment (compose + a test run, say): the second waits,
 # then finds the data loaded and skips. Any constant works; this one spells "surge".
@@ -39,7 +51,8 @@ class Loaded:
 
 
 def connect(url: str) -> psycopg.Connection:
-    conn = psycopg.connect(url, autocommit=True)
+    # Named, so an operator (or a test) can tell the seeder's sessions in pg_stat_activity.
+    conn = psycopg.connect(url, autocommit=True, application_name=APPLICATION_NAME)
     # The contract's SQL formats times in UTC itself; UTC here keeps anything else this session
     # prints or parses (COPY's timestamps) unambiguous too.
     conn.execute("SET TimeZone = 'UTC'")
@@ -53,6 +66,7 @@ def prepare(conn: psycopg.Connection) -> None:
     """Take the seeder lock (held until `conn` closes) and apply the schema."""
     conn.execute("SELECT pg_advisory_lock(%s)", (_ADVISORY_LOCK,))
     conn.execute(SCHEMA_SQL)  # CREATE ... IF NOT EXISTS throughout: safe to repeat
+    conn.execute(f"CREATE SCHEMA IF NOT EXISTS {STAGING_SCHEMA}")
 
 
 def tune(conn: psycopg.Connection) -> None:
@@ -77,41 +91,68 @@ def _rebuild(
     rows: int,
     load: Callable[[], None],
 ) -> None:
-    """Empty `tables`, lift their keys, run `load`, put the keys back, record what was loaded."""
+    """Stage `tables` afresh with `load`, give them the live tables' keys, swap them in."""
+    # The keys as the schema made them, so they come back exactly, whatever their names.
+    keys = conn.execute(
+        """
+        SELECT c.relname, con.conname, pg_get_constraintdef(con.oid)
+        FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid
+        WHERE con.contype IN ('p', 'f') AND con.conrelid = ANY(%s::regclass[])
+        ORDER BY con.contype = 'f'  -- primary keys before the foreign keys that use them
+        """,
+        ([f"public.{table}" for table in tables],),
+    ).fetchall()
     with conn.transaction():
-        conn.execute(f"TRUNCATE {', '.join(tables)}")
-        # The keys as the schema made them, so they come back exactly, whatever their names.
-        keys = conn.execute(
-            """
-            SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid)
-            FROM pg_constraint
-            WHERE contype IN ('p', 'f') AND conrelid = ANY(%s::regclass[])
-            ORDER BY contype = 'p'  -- foreign keys go before the primary keys they use
-            """,
-            (list(tables),),
-        ).fetchall()
-        for table, name, _ in keys:
-            conn.execute(f'ALTER TABLE {table} DROP CONSTRAINT "{name}"')
+        # Unqualified names mean the staged tables from here on: load() and the key definitions
+        # (whose REFERENCES name tables without a schema) then need no rewriting.
+        conn.execute(f"SET LOCAL search_path = {STAGING_SCHEMA}, pg_catalog")
+        for table in tables:
+            conn.execute(f"DROP TABLE IF EXISTS {table} CASCADE")  # left by a load that died
+            # CHECK constraints and defaults now; keys after the load.
+            conn.execute(
+                f"CREATE TABLE {table} "
+                f"(LIKE public.{table} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"
+            )
         load()
         with reporter.phase(f"postgres {dataset} keys", rows) as advance:
-            for table, name, definition in reversed(keys):  # primary keys first
+            for table, name, definition in keys:
                 conn.execute(f'ALTER TABLE {table} ADD CONSTRAINT "{name}" {definition}')
             # Planner statistics now: without them the students query nests loops over every
             # subject (11 s to read the table back instead of 4 s).
             conn.execute(f"ANALYZE {', '.join(tables)}")
             advance(rows)
-        conn.execute(
-            """
-            INSERT INTO dataset_meta (dataset, seed, rows) VALUES (%s, %s, %s)
-            ON CONFLICT (dataset) DO UPDATE
-            SET seed = EXCLUDED.seed, rows = EXCLUDED.rows, loaded_at = EXCLUDED.loaded_at
-            """,
-            (dataset, seed, rows),
-        )
+    _swap(conn, dataset, tables, seed, rows)
+
+
+def _swap(
+    conn: psycopg.Connection, dataset: str, tables: tuple[str, ...], seed: int, rows: int
+) -> None:
+    """Replace the live tables by the staged ones in one short transaction."""
+    for attempt in range(1, _SWAP_ATTEMPTS + 1):
+        try:
+            with conn.transaction():
+                conn.execute(f"SET LOCAL lock_timeout = '{_SWAP_LOCK_TIMEOUT}'")
+                conn.execute(f"DROP TABLE {', '.join(f'public.{t}' for t in tables)}")
+                for table in tables:
+                    conn.execute(f"ALTER TABLE {STAGING_SCHEMA}.{table} SET SCHEMA public")
+                conn.execute(
+                    """
+                    INSERT INTO public.dataset_meta (dataset, seed, rows) VALUES (%s, %s, %s)
+                    ON CONFLICT (dataset) DO UPDATE
+                    SET seed = EXCLUDED.seed, rows = EXCLUDED.rows,
+                        loaded_at = EXCLUDED.loaded_at
+                    """,
+                    (dataset, seed, rows),
+                )
+            return
+        except psycopg.errors.LockNotAvailable:
+            if attempt == _SWAP_ATTEMPTS:
+                raise
+            time.sleep(0.05 * attempt)  # a long reader holds a table: let it finish
 
 
 def _copy(conn: psycopg.Connection, table: str, blocks: Iterable[str]) -> None:
-    # FREEZE: the table was truncated in this transaction, so rows can be written frozen and
+    # FREEZE: the table was created in this transaction, so rows can be written frozen and
     # the first read (the Redis fill) need not set hint bits on every page.
     with conn.cursor().copy(f"COPY {table} FROM STDIN (FREEZE)") as copy:
         for block in blocks:
