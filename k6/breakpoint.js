@@ -11,7 +11,7 @@ import { Gauge } from 'k6/metrics';
 
 import { COMMON_OPTIONS, breakpointShape } from './lib/load-options.js';
 import { lookup } from './lib/requests.js';
-import { requireReady, requireStudents } from './lib/setup.js';
+import { setupStudents } from './lib/setup.js';
 import { ALL_CHECKS_PASS, BREAKPOINT_ABORT } from './lib/thresholds.js';
 
 const shape = breakpointShape();
@@ -51,10 +51,7 @@ function durationMs(duration) {
   return total;
 }
 
-export function setup() {
-  requireReady();
-  requireStudents();
-}
+export const setup = setupStudents;
 
 export default function () {
   targetRate.add(rateAt(Date.now() - exec.scenario.startTime));

@@ -10,8 +10,8 @@
 import http from 'k6/http';
 
 import { COMMON_OPTIONS, mixShape } from './lib/load-options.js';
-import { lookup, MIX_WEIGHTS, thinkTime, weightedKinds } from './lib/requests.js';
-import { requireBookings, requireReady, requireStudents } from './lib/setup.js';
+import { MIX_WEIGHTS, mixIteration } from './lib/requests.js';
+import { setupMix } from './lib/setup.js';
 import {
   ALL_CHECKS_PASS,
   everyKindPasses,
@@ -32,15 +32,5 @@ export const options = {
 
 http.setResponseCallback(http.expectedStatuses(200, 400, 404));
 
-const nextKind = weightedKinds(MIX_WEIGHTS);
-
-export function setup() {
-  requireReady();
-  requireStudents();
-  requireBookings();
-}
-
-export default function () {
-  lookup(nextKind());
-  thinkTime();
-}
+export const setup = setupMix;
+export default mixIteration;

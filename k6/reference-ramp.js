@@ -7,8 +7,8 @@
 //   STAGES="10s:300,20s:300,5s:0"       stages of your own (duration:target, comma-separated)
 //   THINK_MIN, THINK_MAX                0.5, 2.5
 import { COMMON_OPTIONS, referenceRampShape } from './lib/load-options.js';
-import { lookup, thinkTime } from './lib/requests.js';
-import { requireReady, requireStudents } from './lib/setup.js';
+import { studentIteration } from './lib/requests.js';
+import { setupStudents } from './lib/setup.js';
 import { ALL_CHECKS_PASS, NO_FAILED_REQUESTS, REFERENCE_LATENCY } from './lib/thresholds.js';
 
 export const options = {
@@ -21,12 +21,5 @@ export const options = {
   ...COMMON_OPTIONS,
 };
 
-export function setup() {
-  requireReady();
-  requireStudents();
-}
-
-export default function () {
-  lookup('student');
-  thinkTime();
-}
+export const setup = setupStudents;
+export default studentIteration;

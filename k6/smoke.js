@@ -8,7 +8,7 @@ import http from 'k6/http';
 
 import { COMMON_OPTIONS, smokeShape } from './lib/load-options.js';
 import { ALL_KINDS, lookup, thinkTime } from './lib/requests.js';
-import { requireBookings, requireReady, requireStudents } from './lib/setup.js';
+import { setupMix } from './lib/setup.js';
 import {
   ALL_CHECKS_PASS,
   everyKindPasses,
@@ -30,11 +30,7 @@ export const options = {
 // 400 and 404 are answers this script asks for; anything else counts as a failed request.
 http.setResponseCallback(http.expectedStatuses(200, 400, 404));
 
-export function setup() {
-  requireReady();
-  requireStudents();
-  requireBookings();
-}
+export const setup = setupMix;
 
 export default function () {
   // Round robin over the kinds across all VUs, so each kind gets its share even in a short run.

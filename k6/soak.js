@@ -7,8 +7,8 @@
 import http from 'k6/http';
 
 import { COMMON_OPTIONS, soakShape } from './lib/load-options.js';
-import { lookup, MIX_WEIGHTS, thinkTime, weightedKinds } from './lib/requests.js';
-import { requireBookings, requireReady, requireStudents } from './lib/setup.js';
+import { MIX_WEIGHTS, mixIteration } from './lib/requests.js';
+import { setupMix } from './lib/setup.js';
 import {
   ALL_CHECKS_PASS,
   everyKindPasses,
@@ -29,15 +29,5 @@ export const options = {
 
 http.setResponseCallback(http.expectedStatuses(200, 400, 404));
 
-const nextKind = weightedKinds(MIX_WEIGHTS);
-
-export function setup() {
-  requireReady();
-  requireStudents();
-  requireBookings();
-}
-
-export default function () {
-  lookup(nextKind());
-  thinkTime();
-}
+export const setup = setupMix;
+export default mixIteration;

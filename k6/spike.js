@@ -5,8 +5,8 @@
 //   PEAK_VUS, SPIKE_RISE, SPIKE_HOLD, SPIKE_FALL    3000, 5s, 1m, 10s
 //   STAGES="5s:3000,1m:3000,10s:0"      stages of your own
 import { COMMON_OPTIONS, spikeShape } from './lib/load-options.js';
-import { lookup, thinkTime } from './lib/requests.js';
-import { requireReady, requireStudents } from './lib/setup.js';
+import { studentIteration } from './lib/requests.js';
+import { setupStudents } from './lib/setup.js';
 import { ALL_CHECKS_PASS, NO_FAILED_REQUESTS, SPIKE_LATENCY } from './lib/thresholds.js';
 
 export const options = {
@@ -19,12 +19,5 @@ export const options = {
   ...COMMON_OPTIONS,
 };
 
-export function setup() {
-  requireReady();
-  requireStudents();
-}
-
-export default function () {
-  lookup('student');
-  thinkTime();
-}
+export const setup = setupStudents;
+export default studentIteration;

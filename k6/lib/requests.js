@@ -79,3 +79,17 @@ export function weightedKinds(weights) {
 export function thinkTime(min = THINK_MIN, max = THINK_MAX) {
   sleep(min + Math.random() * (max - min));
 }
+
+/** One VU iteration of the students-only scenarios: a random student, then think time. */
+export function studentIteration() {
+  lookup('student');
+  thinkTime();
+}
+
+const nextMixKind = weightedKinds(MIX_WEIGHTS);
+
+/** One VU iteration of the realistic mix: a kind drawn by MIX_WEIGHTS, then think time. */
+export function mixIteration() {
+  lookup(nextMixKind());
+  thinkTime();
+}

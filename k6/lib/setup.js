@@ -48,3 +48,15 @@ export function requireBookings() {
       + `${BOOKING_IDS_FILE} does not match the target's data; export it again`);
   }
 }
+
+/** setup() of the students-only scenarios (reference ramp, spike, breakpoint). */
+export function setupStudents() {
+  requireReady();
+  requireStudents();
+}
+
+/** setup() of the scenarios that also look bookings up (smoke, mix, soak). */
+export function setupMix() {
+  setupStudents();
+  requireBookings();
+}
