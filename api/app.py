@@ -13,6 +13,7 @@ from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.params import Parameter
 
+from api.admin import admin_router
 from api.contract import DATASETS, Dataset
 from api.errors import EXCEPTION_HANDLERS, Problem, problem_response
 from api.lookup import Lookup
@@ -122,6 +123,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             health,
             ready,
             *([prometheus_metrics] if settings.metrics else []),
+            *([admin] if (admin := admin_router(settings, lookup)) else []),
         ],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]

@@ -44,8 +44,10 @@ def problem_response(
 
 _TITLES = {
     400: "Bad Request",
+    401: "Unauthorized",
     404: "Not Found",
     405: "Method Not Allowed",
+    409: "Conflict",
     413: "Content Too Large",
     414: "URI Too Long",
     429: "Too Many Requests",

@@ -230,6 +230,30 @@ class Lookup:
         await self._write_back(key, field, body)
         return body
 
+    async def refresh_record(self, dataset: Dataset, record_id: Any) -> tuple[int, bool]:
+        """Copy one record from Postgres into the live Redis version, after a correction there.
+
+        Returns (version written, whether Postgres has the record); a record Postgres no longer
+        has is removed from Redis. Raises ServiceUnavailable when a store cannot answer."""
+        await self.refresh_live()  # an admin call can afford the round trip: the newest version
+        version = self.live[dataset.name]
+        body = await self.from_postgres(dataset, record_id)
+        key, field = dataset.slot(record_id, version)
+        try:
+            if body is None:
+                await self.redis.hdel(key, field)
+            else:
+                await self.redis.hset(key, field, body)
+        except REDIS_FAULTS as exc:
+            log.warning("redis refresh failed: %r", exc)
+            raise ServiceUnavailable(
+                detail="The cache is unavailable; retry shortly.",
+                headers={"Retry-After": str(self.settings.retry_after)},
+            ) from None
+        # Only this replica's: the others forget within SURGE_NEGATIVE_CACHE_TTL.
+        self.unknown.discard((dataset.name, record_id))
+        return version, body is not None
+
     async def from_postgres(self, dataset: Dataset, record_id: Any) -> bytes | None:
         started = perf_counter()
         try:

@@ -57,6 +57,9 @@ class Settings:
     """Seconds the seeder keeps the previous Redis version after switching to a new one: above
     twice SURGE_LIVE_REFRESH_INTERVAL plus SURGE_REDIS_TIMEOUT, so no replica still reads it."""
 
+    admin_token: str = ""
+    """Bearer token of the /admin routes; empty (the default) leaves them out entirely."""
+
     negative_cache_ttl: float = 30.0
     """Seconds an unknown id is remembered as unknown, so floods of it skip Postgres."""
     negative_cache_size: int = 100_000

@@ -146,7 +146,7 @@ def _seed_one(
             version = redis_fill.next_version(client, dataset)
             with reporter.phase(f"redis {dataset.name}", pg.rows) as advance:
                 marker = redis_fill.fill(conn, client, dataset, pg, advance, version)
-            redis_fill.switch(client, marker, dataset)
+            marker = redis_fill.switch(client, marker, dataset)
             if redis_fill.stale_keys(client, dataset):
                 # Replicas pick the new version up within their refresh interval; until then
                 # (and while a lookup that began before is still running) the old one must stay.

@@ -19,18 +19,17 @@ different load) fills a new version.
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass
-from datetime import UTC
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
 
 import orjson
 import psycopg
 import redis
 
-from api.contract import LIVE_KEY, REDIS_HASH_CONFIG, Dataset, parse_version
+from api.contract import LIVE_KEY, MARKER_KEY, REDIS_HASH_CONFIG, Dataset, parse_version, stamp
 from seeder.postgres import Loaded
 from seeder.progress import Advance
 
-MARKER_KEY = "surge:meta"
 # The last version handed out per dataset: versions are never reused, so a fill that died midway
 # cannot be mistaken for a live one (its keys are swept by the next run).
 VERSIONS_KEY = "surge:versions"
@@ -52,6 +51,8 @@ class Filled:
     records: int
     keys: int
     bytes_per_record: float
+    switched_at: str = ""
+    """When this version went live (empty in markers written before versions had a time)."""
 
 
 def connect(url: str) -> redis.Redis:
@@ -108,16 +109,12 @@ def in_sync(client: redis.Redis, dataset: Dataset, pg: Loaded) -> Filled | None:
     marker = filled(client, dataset)
     if (
         marker is None
-        or (marker.seed, marker.rows, marker.loaded_at) != (pg.seed, pg.rows, _stamp(pg))
+        or (marker.seed, marker.rows, marker.loaded_at) != (pg.seed, pg.rows, stamp(pg.loaded_at))
         or marker.version != live_version(client, dataset)
         or _count_keys(client, dataset, marker.version) != marker.keys
     ):
         return None
     return marker
-
-
-def _stamp(pg: Loaded) -> str:
-    return pg.loaded_at.astimezone(UTC).isoformat()  # the same text whatever the session zone
 
 
 def _keys(client: redis.Redis, dataset: Dataset, version: int | None = None) -> list[bytes]:
@@ -148,13 +145,15 @@ def _unlink(client: redis.Redis, keys: list[bytes]) -> int:
     return sum(client.unlink(*keys[i : i + _SCAN_COUNT]) for i in range(0, len(keys), _SCAN_COUNT))
 
 
-def switch(client: redis.Redis, marker: Filled, dataset: Dataset) -> None:
+def switch(client: redis.Redis, marker: Filled, dataset: Dataset) -> Filled:
     """Make `marker.version` the live version: marker and pointer change in one MULTI/EXEC, so
     `surge:meta` always describes what `surge:live` points at."""
+    marker = replace(marker, switched_at=stamp(datetime.now(UTC)))
     pipe = client.pipeline(transaction=True)
     pipe.hset(MARKER_KEY, dataset.name, orjson.dumps(asdict(marker)))
     pipe.hset(LIVE_KEY, dataset.name, marker.version)
     pipe.execute()
+    return marker
 
 
 def stale_keys(client: redis.Redis, dataset: Dataset) -> list[bytes]:
@@ -221,7 +220,7 @@ def fill(
         version=version,
         seed=pg.seed,
         rows=pg.rows,
-        loaded_at=_stamp(pg),
+        loaded_at=stamp(pg.loaded_at),
         records=records,
         keys=len(keys),
         bytes_per_record=_bytes_per_record(client, keys),

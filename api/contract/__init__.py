@@ -7,11 +7,13 @@ it imports nothing from the seeder.
 from api.contract.bookings import BOOKINGS
 from api.contract.dataset import (
     LIVE_KEY,
+    MARKER_KEY,
     REDIS_HASH_CONFIG,
     SCHEMA_SQL,
     UNSEEDED_VERSION,
     Dataset,
     parse_version,
+    stamp,
 )
 from api.contract.students import STUDENTS
 
@@ -21,10 +23,12 @@ __all__ = [
     "BOOKINGS",
     "DATASETS",
     "LIVE_KEY",
+    "MARKER_KEY",
     "REDIS_HASH_CONFIG",
     "SCHEMA_SQL",
     "STUDENTS",
     "UNSEEDED_VERSION",
     "Dataset",
     "parse_version",
+    "stamp",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from importlib.resources import files
 from typing import Any
 
@@ -27,6 +28,14 @@ Row = Sequence[Any]
 # versions start at 1.
 LIVE_KEY = "surge:live"
 UNSEEDED_VERSION = 0
+# dataset name -> JSON of the seeder's fill behind the live version (seeder.redis_fill.Filled):
+# which Postgres load (seed, rows, loaded_at as stamp() writes it) it came from, records, hashes.
+MARKER_KEY = "surge:meta"
+
+
+def stamp(moment: datetime) -> str:
+    """A timestamp as surge:meta stores it: the same text whatever the session's time zone."""
+    return moment.astimezone(UTC).isoformat()
 
 
 def parse_version(raw: bytes | str | None) -> int:
