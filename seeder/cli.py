@@ -28,7 +28,9 @@ def _parser(defaults: Settings) -> argparse.ArgumentParser:
         description=(
             "Generate the exam-result and booking datasets, bulk-load them into Postgres and "
             "copy them from Postgres into Redis. Runs again only what is out of date: the same "
-            "parameters twice change nothing. Defaults come from the SURGE_* environment."
+            "parameters twice change nothing. Safe while the API serves: Postgres tables are "
+            "swapped in and Redis gets a new version, switched atomically. Defaults come from "
+            "the SURGE_* environment."
         ),
     )
 
@@ -69,7 +71,8 @@ def summary(report: SeedReport) -> list[Table]:
             phase.name, f"{phase.rows:,}", f"{phase.seconds:.2f}", f"{phase.rows_per_second:,.0f}"
         )
     datasets = Table(caption=f"seeded in {report.seconds:.1f} s", caption_justify="left")
-    for column in ("dataset", "records", "postgres", "redis", "redis hashes", "redis B/record"):
+    columns = ("dataset", "records", "postgres", "redis", "live version", "redis hashes")
+    for column in (*columns, "redis B/record"):
         datasets.add_column(column, justify="left" if column == "dataset" else "right")
     for d in report.datasets.values():
         datasets.add_row(
@@ -77,6 +80,7 @@ def summary(report: SeedReport) -> list[Table]:
             f"{d.records:,}",
             "in sync" if d.postgres_skipped else "loaded",
             "in sync" if d.redis_skipped else "filled",
+            f"v{d.redis_version}",
             f"{d.redis_keys:,}",
             f"{d.redis_bytes_per_record:,.0f}",
         )

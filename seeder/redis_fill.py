@@ -158,9 +158,12 @@ def switch(client: redis.Redis, marker: Filled, dataset: Dataset) -> Filled:
 
 def stale_keys(client: redis.Redis, dataset: Dataset) -> list[bytes]:
     """Keys of every version but the live one: the previous fill, a fill that died midway,
-    write-backs of the API to a version it still believed live."""
+    write-backs of the API to a version it still believed live, keys from before versions."""
     live = live_version(client, dataset)
-    return [key for key in _keys(client, dataset) if dataset.key_version(key) != live]
+    stale = [key for key in _keys(client, dataset) if dataset.key_version(key) != live]
+    # The layout before versions ("students:1234", "bookings:0a1f"): what an upgraded Redis holds.
+    legacy = client.scan_iter(match=f"{dataset.name}:[0-9a-f]*", count=_SCAN_COUNT)
+    return stale + list(legacy)
 
 
 def sweep(client: redis.Redis, dataset: Dataset) -> int:

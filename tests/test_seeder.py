@@ -150,6 +150,7 @@ def test_second_run_changes_nothing(seeded, settings, pg, rds):
 def test_reset_rebuilds_both_stores_with_the_same_data(seeded, settings, pg, rds, restore):
     before, live = snapshot(pg, rds), versions(rds)
     rds.set("foreign:key", "not the seeder's")
+    rds.hset("students:100", "0", "{}")  # the key layout before versions: swept too
     report = seed(settings, reset=True)
     assert not any(d.postgres_skipped or d.redis_skipped for d in report.datasets.values())
     assert {p.name for p in report.phases} >= {
@@ -168,6 +169,7 @@ def test_reset_rebuilds_both_stores_with_the_same_data(seeded, settings, pg, rds
     # The same buckets in a new version, and only there: the old version was removed.
     assert after["keys"] == before["keys"]
     assert all(versions(rds)[name] > old for name, old in live.items())
+    assert not rds.exists("students:100")
     assert rds.get("foreign:key") == b"not the seeder's"  # reset never flushes foreign data
     rds.delete("foreign:key")
 
