@@ -133,10 +133,10 @@ class Reseeder:
             )
         self.started_at = stamp(datetime.now(UTC))
         log.info("reseed started: pid %s, output in %s", self.process.pid, self.log_path)
-        # Reaped in the background, so it never lingers as a zombie and its exit code is known.
-        task = asyncio.create_task(self.process.wait())
-        task.add_done_callback(lambda _: log.info("reseed ended: %s", self.state()))
-        self._reaper = task
+        # Reaped in the background, so it never lingers as a zombie and its exit code is known;
+        # the reference keeps the task from being garbage-collected while it waits.
+        self._reaper = asyncio.create_task(self.process.wait())
+        self._reaper.add_done_callback(lambda _: log.info("reseed ended: %s", self.state()))
         return self.state()
 
 
