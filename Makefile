@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 # down/status/clean must work even before (or without) `make deps`: stack's stop path is stdlib.
 PY_ANY = $(if $(wildcard $(PY)),$(PY),python3)
 
-.PHONY: help deps up down status seed test lint bench clean
+.PHONY: help deps up restart down status seed test lint bench clean
 
 help: ## List the targets
 	@echo "usage: make <target>   (env: SURGE_STUDENTS, SURGE_BOOKINGS, SURGE_REPLICAS)"
@@ -19,8 +19,11 @@ help: ## List the targets
 deps: ## Install the servers (apt, if missing) and .venv (when pyproject.toml changed)
 	@scripts/install.sh
 
-up: deps ## Start Postgres, Redis, seed them, start the API on http://127.0.0.1:8080
+up: deps ## Postgres, Redis, seed, SURGE_REPLICAS replicas behind nginx :8080, Prometheus :9090
 	@$(PY) -m stack up
+
+restart: deps ## Restart the API replicas one by one, gracefully (e.g. after a code change)
+	@$(PY) -m stack restart
 
 down: ## Stop what `make up` started (and nothing else)
 	@$(PY_ANY) -m stack down

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything surge needs on this machine, installed once (`make deps` runs this; it is idempotent):
-#   1. the servers: PostgreSQL, Redis, nginx, Prometheus and its exporters, from the system's
-#      package manager (apt: Debian/Ubuntu) when one is missing;
+#   1. the servers: PostgreSQL, Redis, nginx, Prometheus and its exporters, and wrk (for the
+#      benchmarks), from the system's package manager (apt: Debian/Ubuntu) when one is missing;
 #   2. .venv with the project and its dev tools, reinstalled only when pyproject.toml changed.
 set -euo pipefail
 
@@ -35,6 +35,7 @@ have prometheus || missing+=(prometheus)
 for exporter in node nginx redis postgres; do
     have "prometheus-$exporter-exporter" || missing+=("prometheus-$exporter-exporter")
 done
+have wrk || missing+=(wrk)  # the HTTP load generator of `make bench`
 
 PYTHON=${PYTHON:-python3}
 if ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1; then
@@ -96,7 +97,7 @@ then run \`make deps\` again"
             case $pkg in
                 postgresql) units+=(postgresql.service) ;;
                 nginx-light) units+=(nginx.service) ;;
-                python3-venv) ;;
+                python3-venv | wrk) ;;  # no service
                 *) units+=("$pkg.service") ;;
             esac
         done
@@ -111,6 +112,7 @@ then run \`make deps\` again"
     have redis-server || still+=(redis-server)
     have nginx || still+=(nginx)
     have prometheus || still+=(prometheus)
+    have wrk || still+=(wrk)
     [ ${#still[@]} -eq 0 ] || die "still missing after the install: ${still[*]}"
     log "servers installed"
 fi

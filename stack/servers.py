@@ -22,6 +22,7 @@ import errno
 import glob
 import os
 import pwd
+import random
 import re
 import shutil
 import signal
@@ -61,6 +62,29 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((HOST, 0))
         return int(s.getsockname()[1])
+
+
+def _ephemeral_start() -> int:
+    """First port of the kernel's range for outgoing connections (Linux; else IANA's 49152)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 49152
+
+
+def free_port_block(count: int, low: int = 10_000) -> int:
+    """First port of `count` consecutive ports that nothing listens on, all below the kernel's
+    ephemeral range: free_port() picks from that range, where any outgoing connection (nginx to
+    a replica, a client) may take the port of a server that is restarting. Random, so that
+    concurrent runs rarely meet; each port is checked."""
+    high = _ephemeral_start() - count
+    if high <= low:
+        raise ServerError(f"no room for {count} ports between {low} and the ephemeral range")
+    for _ in range(500):
+        base = random.randint(low, high)
+        if all(port_is_free(p) for p in range(base, base + count)):
+            return base
+    raise ServerError(f"no {count} consecutive free ports below {high + count}")
 
 
 def port_is_free(port: int, host: str = HOST) -> bool:
@@ -221,10 +245,21 @@ def kill_group(pgid: int, sig: int = signal.SIGKILL) -> None:
             os.killpg(pgid, sig)
 
 
+GRANIAN_STOP_TIMEOUT = 10
+"""Seconds Granian lets its worker finish in-flight requests after SIGTERM before killing it.
+Above nginx's read timeout (5 s): any request nginx still waits for gets its answer."""
+
+
 def granian_command(app_factory: str, port: int, backpressure: int) -> list[str]:
     """How surge serves an ASGI app factory: one Granian worker (several spread keep-alive
     connections unevenly, DESIGN.md), uvloop, no websockets, at most `backpressure` requests
-    in flight (the Redis pool is that large, so it cannot run dry)."""
+    in flight (the Redis pool is that large, so it cannot run dry).
+
+    SIGTERM is graceful: Granian closes its listening socket at once (nginx's next connect is
+    refused and retried on another replica), lets in-flight requests finish, runs the app's
+    lifespan shutdown, and kills the worker only after GRANIAN_STOP_TIMEOUT. A worker that
+    crashes is started again by Granian's main process (as compose's restart policy would).
+    """
     return [
         sys.executable, "-m", "granian",
         "--interface", "asgi",
@@ -235,6 +270,8 @@ def granian_command(app_factory: str, port: int, backpressure: int) -> list[str]
         "--loop", "uvloop",
         "--no-ws",
         "--backpressure", str(backpressure),
+        "--workers-kill-timeout", str(GRANIAN_STOP_TIMEOUT),
+        "--respawn-failed-workers",
         app_factory,
     ]  # fmt: skip
 
@@ -811,6 +848,7 @@ __all__ = [
     "find_pg_bin",
     "find_redis_server",
     "free_port",
+    "free_port_block",
     "pid_alive",
     "port_is_free",
     "process_cmdline",

@@ -1,0 +1,448 @@
+"""End to end through nginx, against the local stack as `make up` starts it, then `make down`.
+
+The module starts its own stack with the real launcher (`python -m stack up` in a subprocess):
+a temp run dir, free loopback ports for everything (never a developer's 8080/9090), 3 replicas,
+a small dataset, the rate limit off (a burst from one client is one IP) and nginx's access log
+on: each line names the replica that answered ($upstream_addr), which is how these tests see
+where nginx sent a request. Every request carries a query tag naming its test, so the lines of
+one test are told apart from the others' (the log is flushed every second).
+
+Bounded loops, loopback only, waits poll with a deadline.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from stack.launcher import (
+    ROOT,
+    Layout,
+    PidFiles,
+    Record,
+    default_replicas,
+    replica_count,
+    spare_env,
+)
+from stack.servers import HOST, ServerError, kill_group
+
+REPLICAS = 3
+STUDENTS = 2_000
+FIRST_ID = 10_000
+PROBLEM = "application/problem+json"
+UP_TIMEOUT = 120
+
+LOG_LINE = re.compile(
+    r'"(?P<method>[A-Z]+) (?P<uri>\S+) HTTP/[\d.]+" (?P<status>\d{3}) \d+ \S+ '
+    r'"(?P<upstream>[^"]*)" "(?P<upstream_status>[^"]*)"'
+)
+
+
+@dataclass
+class LocalStack:
+    env: dict[str, str]
+    layout: Layout
+    ports: list[int]
+    """Every port the stack was given."""
+    sessions: set[int]
+    """Session ids of every process `up` started (each runs in its own session)."""
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.layout.http_port}"
+
+    @property
+    def pids(self) -> PidFiles:
+        return PidFiles(self.layout.pids)
+
+    def record(self, name: str) -> Record:
+        rec = self.pids.load(name)
+        assert rec is not None, f"no pid file for {name}"
+        return rec
+
+    def launcher(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [sys.executable, "-m", "stack", *args],
+            cwd=ROOT,
+            env={**self.env, **env},
+            capture_output=True,
+            text=True,
+            timeout=UP_TIMEOUT,
+        )
+        self.note_sessions()
+        return done
+
+    def note_sessions(self) -> None:
+        self.sessions |= {rec.pid for rec in self.pids.all()}
+
+    def replica_port(self, n: int) -> int:
+        return self.layout.replica_port(n)
+
+    def access_log(self) -> Path:
+        return self.layout.nginx_prefix / "logs" / "access.log"
+
+    def served_by(self, tag: str, expected: int, timeout: float = 5.0) -> list[dict[str, str]]:
+        """Access-log lines of the requests tagged `tag`, once `expected` of them are written."""
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = []
+            text = self.access_log().read_text(errors="replace")
+            for line in text.splitlines():
+                match = LOG_LINE.search(line)
+                if match and f"t={tag}" in match["uri"]:
+                    lines.append(match.groupdict())
+            if len(lines) >= expected or time.monotonic() > deadline:
+                return lines
+            time.sleep(0.1)
+
+
+def _stat(pid: int) -> tuple[str, int] | None:
+    """(state, session id) of a process, None when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return fields[0], int(fields[3])
+
+
+def leftovers(stack: LocalStack) -> list[str]:
+    """Live processes that belong to the stack: in one of its sessions, or naming its run dir
+    or one of its ports on their command line."""
+    run = str(stack.layout.run)
+    port_re = re.compile(r"(?<!\d)(" + "|".join(str(p) for p in stack.ports) + r")(?!\d)")
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        pid = int(proc.name)
+        if pid == os.getpid():
+            continue
+        stat = _stat(pid)
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if stat is None or stat[0] == "Z":
+            continue
+        if stat[1] in stack.sessions or run in cmdline or port_re.search(cmdline):
+            found.append(f"pid {pid} (session {stat[1]}): {cmdline.strip()[:200]}")
+    return found
+
+
+def _kill_leftovers(stack: LocalStack) -> None:
+    for sid in stack.sessions:  # each is also its process group's id
+        kill_group(sid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[LocalStack]:
+    run = Path(tempfile.mkdtemp(prefix="surge-e2e-"))
+    run.chmod(0o755)  # as root, Postgres runs as the postgres user and must enter it
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SURGE_")}
+    env.update(spare_env(run, REPLICAS))  # free ports, none of them 8080 or 9090
+    env.update(
+        {
+            "SURGE_REPLICAS": str(REPLICAS),
+            "SURGE_STUDENTS": str(STUDENTS),
+            "SURGE_BOOKINGS": "1000",
+            "SURGE_RATE_LIMIT": "off",
+            "SURGE_NGINX_ACCESS_LOG": "on",
+        }
+    )
+    layout = Layout.from_env(env)
+    all_ports = [int(v) for k, v in env.items() if k.startswith("SURGE_") and k.endswith("_PORT")]
+    all_ports += [layout.replica_port(n) for n in range(1, REPLICAS + 1)]
+    local = LocalStack(env, layout, all_ports, set())
+    try:
+        done = local.launcher("up")
+        assert done.returncode == 0, f"up failed:\n{done.stdout}\n{done.stderr}"
+        yield local
+    finally:
+        local.launcher("down")
+        _kill_leftovers(local)  # only if a test failed before `down` could finish its job
+        shutil.rmtree(run, ignore_errors=True)
+
+
+def get_many(
+    base: str,
+    tag: str,
+    total: int,
+    threads: int = 4,
+    on_progress: Callable[[int], None] | None = None,
+    until: threading.Event | None = None,
+) -> tuple[Counter[int], list[str]]:
+    """`total` GETs of random students over `threads` keep-alive clients (fewer if `until` is
+    set first): statuses, errors."""
+    statuses: Counter[int] = Counter()
+    errors: list[str] = []
+    lock = threading.Lock()
+    done = [0]
+
+    def worker(count: int) -> None:
+        with httpx.Client(base_url=base, timeout=10) as client:
+            for i in range(count):
+                if until is not None and until.is_set():
+                    return
+                sid = random.randint(FIRST_ID, FIRST_ID + STUDENTS - 1)
+                try:
+                    r = client.get(f"/students/{sid}", params={"t": tag, "i": str(i)})
+                    status = r.status_code
+                except httpx.HTTPError as e:
+                    with lock:
+                        errors.append(repr(e))
+                    continue
+                with lock:
+                    statuses[status] += 1
+                    done[0] += 1
+                    if status != 200:
+                        errors.append(f"{status}: {r.text[:200]}")
+                if on_progress:
+                    on_progress(done[0])
+
+    share = [total // threads + (1 if k < total % threads else 0) for k in range(threads)]
+    with ThreadPoolExecutor(threads) as pool:
+        for f in [pool.submit(worker, n) for n in share]:
+            f.result()
+    return statuses, errors
+
+
+def upstream_port(line: dict[str, str]) -> int | None:
+    """The replica that gave the final answer (after retries, the last address)."""
+    last = line["upstream"].split(",")[-1].strip()
+    return int(last.rsplit(":", 1)[1]) if ":" in last else None
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def test_up_serves_through_nginx_with_every_replica_taking_traffic(stack: LocalStack) -> None:
+    statuses, errors = get_many(stack.url, "spread", 300, threads=1)
+    assert errors == [] and statuses == Counter({200: 300})
+    lines = stack.served_by("spread", 300)
+    assert len(lines) == 300
+    by_port = Counter(upstream_port(line) for line in lines)
+    replica_ports = {stack.replica_port(n) for n in range(1, REPLICAS + 1)}
+    assert set(by_port) == replica_ports, by_port
+    # least_conn with one client in sequence: round robin; nobody starves
+    assert min(by_port.values()) >= 300 // REPLICAS // 2, by_port
+    for n in range(1, REPLICAS + 1):  # replicas listen on loopback, not on the public port
+        assert stack.record(f"api-{n}").port == stack.replica_port(n)
+
+
+def test_nginx_own_errors_are_problem_details(stack: LocalStack) -> None:
+    with httpx.Client(base_url=stack.url, timeout=5) as client:
+        cases = [
+            (client.get("/nope"), 404),
+            (client.post("/students/10000"), 405),
+            (client.get("/students/" + "1" * 9000), 414),
+            (client.get("/metrics"), 404),  # replicas' metrics are not public
+        ]
+        for response, status in cases:
+            assert response.status_code == status, response.text
+            assert response.headers["content-type"].startswith(PROBLEM), response.headers
+            body = response.json()
+            assert body["status"] == status and body["title"], body
+        assert cases[1][0].headers["allow"] == "GET, HEAD"
+        # The API's own errors pass through untouched, in the same shape.
+        api = client.get("/students/007")
+        assert api.status_code == 400 and api.headers["content-type"].startswith(PROBLEM)
+        status_page = httpx.get(f"http://{HOST}:{stack.layout.nginx_status_port}/stub_status")
+        assert status_page.status_code == 200 and "Active connections" in status_page.text
+
+
+def test_killing_a_replica_during_a_burst_costs_clients_nothing(stack: LocalStack) -> None:
+    victim = stack.record("api-2")
+    killed = threading.Event()
+
+    def kill_at(done: int) -> None:
+        if done >= 250 and not killed.is_set():
+            killed.set()
+            os.killpg(victim.pid, signal.SIGKILL)  # the whole replica: Granian and its worker
+
+    statuses, errors = get_many(stack.url, "kill", 1000, threads=4, on_progress=kill_at)
+    assert killed.is_set()
+    assert errors == [], errors[:5]
+    assert statuses == Counter({200: 1000})
+    lines = stack.served_by("kill", 1000)
+    assert len(lines) == 1000
+    assert any(upstream_port(line) == victim.port for line in lines)  # it had traffic
+    retried = [line for line in lines if "," in line["upstream"]]
+    assert retried, "no request was retried: the kill came too late to test anything"
+    assert all(upstream_port(line) != victim.port for line in retried)
+
+
+def test_the_killed_replica_rejoins_after_up(stack: LocalStack) -> None:
+    victim = stack.record("api-2")
+    if victim.is_live():
+        os.killpg(victim.pid, signal.SIGKILL)
+    nginx = stack.record("nginx")
+    workers = _children(nginx.pid)
+    others = {name: stack.record(name).pid for name in ("prometheus", "api-1", "api-3")}
+
+    done = stack.launcher("up")  # safe to repeat: starts only what is missing
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "api-2: starting" in done.stdout
+    assert "api-1: already running" in done.stdout
+    assert {name: stack.record(name).pid for name in others} == others
+    revived = stack.record("api-2")
+    assert revived.pid != victim.pid and revived.is_live()
+
+    # nginx takes it back by itself (after fail_timeout), without a reload.
+    deadline = time.monotonic() + 15
+    seen, batch = False, 0
+    while not seen and time.monotonic() < deadline:
+        batch += 1
+        get_many(stack.url, f"rejoin{batch}", 30, threads=1)
+        lines = stack.served_by(f"rejoin{batch}", 30)
+        seen = any(
+            upstream_port(line) == revived.port and line["upstream_status"] == "200"
+            for line in lines
+        )
+    assert seen, "nginx never sent a request to the restarted replica"
+    assert stack.record("nginx").pid == nginx.pid and _children(nginx.pid) == workers
+
+
+def test_restart_is_graceful_under_load(stack: LocalStack) -> None:
+    """`python -m stack restart api-1` while clients keep asking: no request fails."""
+    before = stack.record("api-1")
+    finished = threading.Event()
+    result: dict[str, object] = {}
+    progress = [0]
+
+    def load() -> None:
+        result["statuses"], result["errors"] = get_many(
+            stack.url, "restart", 50_000, threads=2, until=finished,
+            on_progress=lambda done: progress.__setitem__(0, done),
+        )  # fmt: skip
+
+    thread = threading.Thread(target=load)
+    thread.start()
+    try:
+        while progress[0] < 50 and thread.is_alive():  # the load runs before the restart
+            time.sleep(0.01)
+        at_start = progress[0]
+        done = stack.launcher("restart", "api-1")
+        during = progress[0] - at_start
+    finally:
+        finished.set()
+        thread.join(timeout=30)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not thread.is_alive()
+    assert result["errors"] == [], result["errors"]
+    assert during > 100, f"only {during} requests while the replica restarted"
+    after = stack.record("api-1")
+    assert after.pid != before.pid and after.is_live()
+    served = Counter(upstream_port(line) for line in stack.served_by("restart", progress[0]))
+    assert served[before.port] > 0, served
+
+
+def test_rate_limit_answers_429_with_retry_after(stack: LocalStack) -> None:
+    done = stack.launcher(
+        "up", SURGE_RATE_LIMIT="on", SURGE_RATE_LIMIT_RATE="1r/s", SURGE_RATE_LIMIT_BURST="2"
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "nginx: reloading" in done.stdout
+    try:
+        with httpx.Client(base_url=stack.url, timeout=5) as client:
+            responses = [client.get(f"/students/{FIRST_ID}") for _ in range(12)]
+        codes = Counter(r.status_code for r in responses)
+        assert codes[200] >= 1 and codes[429] >= 6, codes
+        limited = next(r for r in responses if r.status_code == 429)
+        assert limited.headers["retry-after"] == "1"
+        assert limited.headers["content-type"].startswith(PROBLEM)
+        assert limited.json()["status"] == 429
+    finally:
+        done = stack.launcher("up")  # back to the module's settings (rate limit off)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_prometheus_scrapes_every_target(stack: LocalStack) -> None:
+    base = f"http://{HOST}:{stack.layout.prometheus_port}"
+    expected = {
+        ("prometheus", stack.layout.prometheus_port),
+        ("nginx", stack.layout.nginx_exporter_port),
+        ("redis", stack.layout.redis_exporter_port),
+        ("postgres", stack.layout.postgres_exporter_port),
+        ("node", stack.layout.node_exporter_port),
+        *(("api", stack.replica_port(n)) for n in range(1, REPLICAS + 1)),
+    }
+    deadline = time.monotonic() + 30
+    while True:
+        targets = httpx.get(f"{base}/api/v1/targets", timeout=5).json()["data"]["activeTargets"]
+        health = {
+            (t["labels"]["job"], int(t["labels"]["instance"].rsplit(":", 1)[1])): t["health"]
+            for t in targets
+        }
+        if set(health) == expected and set(health.values()) == {"up"}:
+            break
+        assert time.monotonic() < deadline, f"targets not all up: {health}"
+        time.sleep(0.5)
+    flags = httpx.get(f"{base}/api/v1/status/flags", timeout=5).json()["data"]
+    assert flags["web.enable-remote-write-receiver"] == "true"
+    assert flags["storage.tsdb.path"].startswith(str(stack.layout.run))
+    # The exporters see what they export.
+    query = "sum(nginx_up) + sum(redis_up) + sum(pg_up)"
+    value = httpx.get(f"{base}/api/v1/query", params={"query": query}, timeout=5).json()
+    assert value["data"]["result"][0]["value"][1] == "3", value
+
+
+def test_down_leaves_no_process_behind(stack: LocalStack) -> None:
+    stack.note_sessions()
+    assert leftovers(stack), "the scan sees nothing while the stack runs: it would prove nothing"
+    done = stack.launcher("down")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert leftovers(stack) == []
+    assert stack.pids.all() == []
+    again = stack.launcher("down")
+    assert again.returncode == 0 and "nothing to stop" in again.stdout
+
+
+def _children(pid: int) -> set[int]:
+    kids = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            kids.add(int(stat.parent.name))
+    return kids
+
+
+# ---------------------------------------------------------------------------------------------
+# the launcher's settings (no processes)
+
+
+def test_layout_defaults_are_the_documented_ports() -> None:
+    layout = Layout.from_env({})
+    assert (layout.http_port, layout.prometheus_port) == (8080, 9090)  # DESIGN.md
+    assert layout.run == ROOT / ".run"
+    assert layout.replica_port(1) == 8001 and layout.nginx_prefix == ROOT / ".run" / "nginx"
+    custom = Layout.from_env({"SURGE_HTTP_PORT": "18080", "SURGE_RUN_DIR": "/tmp/x"})
+    assert custom.http_port == 18080 and custom.run == Path("/tmp/x")
+    with pytest.raises(ServerError, match="SURGE_PROMETHEUS_PORT"):
+        Layout.from_env({"SURGE_PROMETHEUS_PORT": "90x"})
+
+
+def test_replica_default_is_compose_default() -> None:
+    """One number for both launchers: compose.yaml's `${SURGE_REPLICAS:-N}`."""
+    text = (ROOT / "compose.yaml").read_text()
+    (default,) = re.findall(r"\$\{SURGE_REPLICAS:-(\d+)\}", text)
+    assert replica_count({}) == default_replicas() == int(default)
+    assert replica_count({"SURGE_REPLICAS": "3"}) == 3
+    with pytest.raises(ServerError, match="SURGE_REPLICAS"):
+        replica_count({"SURGE_REPLICAS": "0"})
