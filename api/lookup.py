@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from psycopg_pool import AsyncConnectionPool, PoolTimeout, TooManyRequests
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from api.contract import DATASETS, LIVE_KEY, UNSEEDED_VERSION, Dataset, parse_version
@@ -30,6 +31,12 @@ log = logging.getLogger("surge.lookup")
 # What a failing Redis raises through redis-py: its own errors, socket errors, timeouts.
 REDIS_FAULTS = (RedisError, OSError, TimeoutError)
 POSTGRES_FAULTS = (psycopg.Error, PoolTimeout, TooManyRequests, OSError)
+# A timeout can be this replica's own doing: starved of CPU, its event loop runs late and reads
+# a reply that was already in the socket after the deadline. Counting those would open the
+# circuit and send every request to Postgres at once, whose bounded pool then answers 503: an
+# amplifier (docs/reliability.md, "Faults under load"). So a timeout falls back for its own
+# request only; the circuit opens on faults that are certainly Redis's (refused, reset, errors).
+REDIS_TIMEOUTS = (RedisTimeoutError, TimeoutError)
 
 
 class CircuitBreaker:
@@ -37,6 +44,7 @@ class CircuitBreaker:
 
     Closed: every request may call. Open (threshold consecutive failures): none may, until
     the cooldown ends; then the first caller probes, and a success closes the circuit.
+    Timeouts are not failures here (REDIS_TIMEOUTS): Lookup never records them.
     """
 
     def __init__(self, threshold: int, cooldown: float) -> None:
@@ -203,8 +211,7 @@ class Lookup:
             try:
                 body = await self.redis.hget(key, field)
             except REDIS_FAULTS as exc:
-                breaker.record_failure()
-                metrics.redis_errors.inc()
+                self._redis_failed(exc)
                 log.warning("redis read failed, falling back to postgres: %r", exc)
             else:
                 metrics.redis_hget.observe(perf_counter() - started)
@@ -277,12 +284,16 @@ class Lookup:
         try:
             await self.redis.hset(key, field, body)
         except REDIS_FAULTS as exc:
-            self.breaker.record_failure()
-            self.metrics.redis_errors.inc()
+            self._redis_failed(exc)
             log.warning("redis write-back failed: %r", exc)
         else:
             self.metrics.redis_hset.observe(perf_counter() - started)
             self.breaker.record_success()
+
+    def _redis_failed(self, exc: BaseException) -> None:
+        self.metrics.redis_errors.inc()
+        if not isinstance(exc, REDIS_TIMEOUTS):
+            self.breaker.record_failure()
 
     async def readiness(self) -> dict[str, str]:
         """Per-component status for /ready: each probe bounded like a lookup."""

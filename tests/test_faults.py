@@ -95,3 +95,46 @@ def test_postgres_down_serves_cached_and_503s_uncached(client, settings, postgre
     with psycopg.connect(settings.database_url) as conn:
         assert conn.execute("SELECT count(*) FROM students").fetchone()[0] == settings.students
     rds.close()
+
+
+def test_redis_timeouts_fall_back_without_opening_the_circuit(settings):
+    """A timeout may be the replica's own (a starved event loop reads the reply late): it
+    falls back for that request only. Opening the circuit on it sent every request to the
+    bounded Postgres pool at once (docs/reliability.md, "Faults under load"). A refused
+    connection is certainly Redis's: it opens the circuit."""
+    import asyncio
+
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    from api.lookup import Lookup
+    from api.metrics import Metrics
+
+    async def scenario(fault: Exception) -> tuple[bool, int]:
+        lookup = Lookup(settings, Metrics())
+        calls = [0]
+
+        async def hget(*_args):
+            calls[0] += 1
+            raise fault
+
+        async def from_postgres(*_args):
+            return b"{}"
+
+        async def write_back(*_args):
+            return None
+
+        lookup.redis.hget = hget
+        lookup.from_postgres = from_postgres
+        lookup._write_back = write_back
+        try:
+            for i in range(10):
+                assert await lookup.get(STUDENTS, 10_000 + i) == b"{}"
+        finally:
+            await lookup.redis.aclose()
+        return lookup.breaker.is_open, calls[0]
+
+    assert asyncio.run(scenario(RedisTimeoutError("slow"))) == (False, 10)
+    assert asyncio.run(scenario(TimeoutError())) == (False, 10)
+    opened, calls = asyncio.run(scenario(RedisConnectionError("refused")))
+    assert opened and calls == settings.redis_breaker_failures
