@@ -15,166 +15,29 @@ from __future__ import annotations
 import os
 import random
 import re
-import shutil
 import signal
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+from stack_fixture import FIRST_ID, STUDENTS, LocalStack, leftovers, run_local_stack
 
-from stack.launcher import (
-    ROOT,
-    Layout,
-    PidFiles,
-    Record,
-    default_replicas,
-    replica_count,
-    spare_env,
-)
-from stack.servers import HOST, ServerError, kill_group
+from stack.launcher import ROOT, Layout, default_replicas, replica_count
+from stack.servers import HOST, ServerError
 
 REPLICAS = 3
-STUDENTS = 2_000
-FIRST_ID = 10_000
 PROBLEM = "application/problem+json"
-UP_TIMEOUT = 120
-
-LOG_LINE = re.compile(
-    r'"(?P<method>[A-Z]+) (?P<uri>\S+) HTTP/[\d.]+" (?P<status>\d{3}) \d+ \S+ '
-    r'"(?P<upstream>[^"]*)" "(?P<upstream_status>[^"]*)"'
-)
-
-
-@dataclass
-class LocalStack:
-    env: dict[str, str]
-    layout: Layout
-    ports: list[int]
-    """Every port the stack was given."""
-    sessions: set[int]
-    """Session ids of every process `up` started (each runs in its own session)."""
-
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.layout.http_port}"
-
-    @property
-    def pids(self) -> PidFiles:
-        return PidFiles(self.layout.pids)
-
-    def record(self, name: str) -> Record:
-        rec = self.pids.load(name)
-        assert rec is not None, f"no pid file for {name}"
-        return rec
-
-    def launcher(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(
-            [sys.executable, "-m", "stack", *args],
-            cwd=ROOT,
-            env={**self.env, **env},
-            capture_output=True,
-            text=True,
-            timeout=UP_TIMEOUT,
-        )
-        self.note_sessions()
-        return done
-
-    def note_sessions(self) -> None:
-        self.sessions |= {rec.pid for rec in self.pids.all()}
-
-    def replica_port(self, n: int) -> int:
-        return self.layout.replica_port(n)
-
-    def access_log(self) -> Path:
-        return self.layout.nginx_prefix / "logs" / "access.log"
-
-    def served_by(self, tag: str, expected: int, timeout: float = 5.0) -> list[dict[str, str]]:
-        """Access-log lines of the requests tagged `tag`, once `expected` of them are written."""
-        deadline = time.monotonic() + timeout
-        while True:
-            lines = []
-            text = self.access_log().read_text(errors="replace")
-            for line in text.splitlines():
-                match = LOG_LINE.search(line)
-                if match and f"t={tag}" in match["uri"]:
-                    lines.append(match.groupdict())
-            if len(lines) >= expected or time.monotonic() > deadline:
-                return lines
-            time.sleep(0.1)
-
-
-def _stat(pid: int) -> tuple[str, int] | None:
-    """(state, session id) of a process, None when it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return fields[0], int(fields[3])
-
-
-def leftovers(stack: LocalStack) -> list[str]:
-    """Live processes that belong to the stack: in one of its sessions, or naming its run dir
-    or one of its ports on their command line."""
-    run = str(stack.layout.run)
-    port_re = re.compile(r"(?<!\d)(" + "|".join(str(p) for p in stack.ports) + r")(?!\d)")
-    found = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        pid = int(proc.name)
-        if pid == os.getpid():
-            continue
-        stat = _stat(pid)
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if stat is None or stat[0] == "Z":
-            continue
-        if stat[1] in stack.sessions or run in cmdline or port_re.search(cmdline):
-            found.append(f"pid {pid} (session {stat[1]}): {cmdline.strip()[:200]}")
-    return found
-
-
-def _kill_leftovers(stack: LocalStack) -> None:
-    for sid in stack.sessions:  # each is also its process group's id
-        kill_group(sid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[LocalStack]:
-    run = Path(tempfile.mkdtemp(prefix="surge-e2e-"))
-    run.chmod(0o755)  # as root, Postgres runs as the postgres user and must enter it
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SURGE_")}
-    env.update(spare_env(run, REPLICAS))  # free ports, none of them 8080 or 9090
-    env.update(
-        {
-            "SURGE_REPLICAS": str(REPLICAS),
-            "SURGE_STUDENTS": str(STUDENTS),
-            "SURGE_BOOKINGS": "1000",
-            "SURGE_RATE_LIMIT": "off",
-            "SURGE_NGINX_ACCESS_LOG": "on",
-        }
-    )
-    layout = Layout.from_env(env)
-    all_ports = [int(v) for k, v in env.items() if k.startswith("SURGE_") and k.endswith("_PORT")]
-    all_ports += [layout.replica_port(n) for n in range(1, REPLICAS + 1)]
-    local = LocalStack(env, layout, all_ports, set())
-    try:
-        done = local.launcher("up")
-        assert done.returncode == 0, f"up failed:\n{done.stdout}\n{done.stderr}"
+    with run_local_stack(REPLICAS, SURGE_NGINX_ACCESS_LOG="on") as local:
         yield local
-    finally:
-        local.launcher("down")
-        _kill_leftovers(local)  # only if a test failed before `down` could finish its job
-        shutil.rmtree(run, ignore_errors=True)
 
 
 def get_many(
