@@ -206,6 +206,7 @@ class Lookup:
         key, field = dataset.slot(record_id, self.live[dataset.name])
         metrics, breaker = self.metrics, self.breaker
         outcome = metrics.outcomes[dataset.name]
+        redis_answered = False
         if breaker.allows():
             started = perf_counter()
             try:
@@ -214,6 +215,7 @@ class Lookup:
                 self._redis_failed(exc)
                 log.warning("redis read failed, falling back to postgres: %r", exc)
             else:
+                redis_answered = True
                 metrics.redis_hget.observe(perf_counter() - started)
                 breaker.record_success()
                 if body is not None:
@@ -234,7 +236,10 @@ class Lookup:
             self.unknown.add(unknown_key)
             return None
         outcome.fallback_hit.inc()
-        await self._write_back(key, field, body)
+        if redis_answered:
+            # Only after a plain miss: a Redis that just failed or timed out would make the
+            # write-back wait out another timeout (Redis slow: timeout + Postgres + timeout).
+            await self._write_back(key, field, body)
         return body
 
     async def refresh_record(self, dataset: Dataset, record_id: Any) -> tuple[int, bool]:
