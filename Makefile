@@ -41,11 +41,8 @@ lint: deps ## ruff check and ruff format --check
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/ruff format --check .
 
-bench: deps ## Run the benchmark scripts in bench/ (reports go to docs/benchmarks/)
-	@ran=0; for script in bench/*.py; do \
-		[ -f "$$script" ] && grep -q '__name__ == "__main__"' "$$script" || continue; \
-		echo "== $$script"; $(PY) "$$script"; ran=1; \
-	done; [ $$ran = 1 ] || echo "no benchmark scripts in bench/ yet"
+bench: deps ## Benchmark report vs the running stack: docs/benchmarks/report-<date>.md (BENCH_ARGS)
+	@$(PY) bench/report.py $(BENCH_ARGS)
 
 clean: ## Stop the stack, delete .run/ (data, logs) and caches; keeps .venv
 	@$(PY_ANY) -m stack down

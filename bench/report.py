@@ -1,0 +1,835 @@
+"""`make bench`: one fixed benchmark set against the local stack, written up as a dated report.
+
+Steps (`--only NAME[,NAME]`), each bounded in time, configurations compared in the same run:
+
+  fixed     wrk -t1 -c256, random student ids over the whole dataset, through nginx (one worker,
+            rate limit off) to the default replica count: surge, then the bare handler
+            (bench/bare_handler.py) behind a second nginx from the same template, rounds
+            alternating. Target: surge >= the bare handler's req/s, zero errors.
+  ramp      k6/reference-ramp.js through nginx (3,000 VUs; 0 failed, p95 <= 100 ms, p99 <= 250 ms)
+  spike     k6/spike.js through nginx (3,000 VUs within 5 s; 0 failed, p99 <= 500 ms)
+  cold      the live version of the students' Redis hashes deleted (nothing else), a wrk pass of
+            N fixed random ids (served via Postgres and written back), the same N ids again
+            (warm), against a warm pass of other ids measured first; Redis is refilled after
+            (`surge-seed`). Targets: cold >= 40% of warm, second pass at the warm rate.
+  replicas  the fixed-concurrency wrk run through nginx with 1, 2 and 3 replicas
+  metrics   one replica with SURGE_METRICS on and off, straight to Granian (bench/api.py's
+            apps and wrk); target: metrics cost <= 5% of req/s
+
+For every run: CPU per process (nginx, each replica, Redis, Postgres, the load generator; /proc
+before/after), and from each replica's /metrics the Postgres pool waits (max, sampled every
+0.5 s), failed store calls and lookups by outcome: which tier saturated first.
+
+The nginx + replicas under test are the launcher's (`python -m stack up`), started in a run
+dir of their own on free ports with SURGE_RATE_LIMIT=off and no monitoring, against the stores
+`make up` runs (which must hold the seeded dataset): the public :8080 stack is left as it is,
+and whatever this starts is stopped at the end, even on failure or Ctrl-C.
+
+Writes docs/benchmarks/report-<date>.md, charts and results.json in docs/benchmarks/<date>/.
+`--quick`: seconds-long runs and small VU counts, for development and a smoke of this script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import gzip
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script from a checkout: `import api, bench, stack`
+
+import redis  # noqa: E402
+
+from api.contract import LIVE_KEY, STUDENTS, parse_version  # noqa: E402
+from api.settings import Settings  # noqa: E402
+from bench import report_render  # noqa: E402
+from bench.api import APPS as DIRECT_APPS  # noqa: E402
+from bench.api import answers  # noqa: E402
+from bench.machine import machine  # noqa: E402
+from stack.nginx import NginxServer, local_values  # noqa: E402
+from stack.servers import free_port, granian_command, group_members, wait_for  # noqa: E402
+
+FIRST_STUDENT = 10_000
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+K6 = ROOT / ".venv/bin/k6"
+OUT = ROOT / "docs/benchmarks"
+
+
+def say(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# -- profiles ---------------------------------------------------------------------------------
+
+FULL = {
+    "seconds": 10,  # one wrk run
+    "rounds": 3,  # alternating rounds per configuration
+    "connections": 256,
+    "ramp_env": {},  # the script's own stages: 3,000 VUs, 5.5 min
+    "spike_env": {},  # 0 -> 3,000 in 5 s, held 1 m
+    "k6_timeout": 900,
+    "cold_ids": 30_000,
+    "replicas": (1, 2, 3),
+}
+QUICK = {
+    "seconds": 3,
+    "rounds": 1,
+    "connections": 64,
+    "ramp_env": {"STAGES": "3s:60,4s:120,2s:0"},
+    "spike_env": {"STAGES": "2s:150,4s:150,2s:0"},
+    "k6_timeout": 120,
+    "cold_ids": 3_000,
+    "replicas": (1, 2),
+}
+
+
+# -- CPU per process --------------------------------------------------------------------------
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime + stime
+    return total / CLK_TCK
+
+
+def busy_seconds() -> float:
+    """CPU time the whole machine spent busy (all cores, /proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / CLK_TCK
+
+
+def children_of(pid: int) -> list[int]:
+    out = [pid]
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def store_pids(settings: Settings) -> dict[str, list[int]]:
+    """Redis (its INFO pid) and Postgres (postmaster and its children), when local."""
+    out: dict[str, list[int]] = {}
+    with contextlib.suppress(Exception):
+        client = redis.Redis.from_url(settings.redis_url)
+        out["redis"] = [int(client.info("server")["process_id"])]
+        client.close()
+    with contextlib.suppress(Exception):
+        import psycopg
+
+        with psycopg.connect(settings.database_url) as conn:
+            data_dir = conn.execute("SHOW data_directory").fetchone()[0]
+        postmaster = int((Path(data_dir) / "postmaster.pid").read_text().split()[0])
+        out["postgres"] = children_of(postmaster)
+    return out
+
+
+class Measure:
+    """CPU per process group and the replicas' store metrics over one load run."""
+
+    def __init__(self, groups: Mapping[str, list[int]], metric_ports: Mapping[str, int]) -> None:
+        self.groups = groups
+        self.ports = metric_ports
+        self._stop = threading.Event()
+        self.waiting_max = 0.0
+
+    def __enter__(self) -> Measure:
+        self.before = {name: cpu_seconds(pids) for name, pids in self.groups.items()}
+        self.children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.busy = busy_seconds()
+        self.metrics_before = {n: scrape(p) for n, p in self.ports.items()}
+        self.started = time.monotonic()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.5):
+            for port in self.ports.values():
+                waiting = scrape(port).get("surge_postgres_pool_waiting", 0.0)
+                self.waiting_max = max(self.waiting_max, waiting)
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = max(time.monotonic() - self.started, 1e-6)
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.cpu = {
+            name: (cpu_seconds(pids) - self.before[name]) / self.wall
+            for name, pids in self.groups.items()
+        }
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        used = after.ru_utime - self.children.ru_utime + after.ru_stime - self.children.ru_stime
+        self.cpu["loadgen"] = used / self.wall
+        self.cpu["other"] = max(
+            0.0, (busy_seconds() - self.busy) / self.wall - sum(self.cpu.values())
+        )
+        self.store = {"pool_waiting_max": self.waiting_max, "store_errors": 0.0, "lookups": {}}
+        for name, port in self.ports.items():
+            now, before = scrape(port), self.metrics_before.get(name, {})
+            self.store["pool_waiting_max"] = max(
+                self.store["pool_waiting_max"], now.get("surge_postgres_pool_waiting", 0.0)
+            )
+            for key, value in now.items():
+                delta = value - before.get(key, 0.0)
+                if key.startswith("surge_store_errors_total"):
+                    self.store["store_errors"] += delta
+                match = re.match(r'surge_lookups_total\{.*outcome="(\w+)"', key)
+                if match and delta:
+                    lookups = self.store["lookups"]
+                    lookups[match[1]] = lookups.get(match[1], 0.0) + delta
+
+    def attach(self, run: dict[str, Any], loadgen: str) -> dict[str, Any]:
+        cpu = dict(self.cpu)
+        cpu[loadgen] = cpu.pop("loadgen")
+        run["cpu"] = {k: round(v, 3) for k, v in cpu.items()}
+        run["store"] = self.store
+        return run
+
+
+def scrape(port: int) -> dict[str, float]:
+    """A replica's /metrics as {'name{labels}': value}; empty when it does not answer."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("surge_") and " " in line:
+            key, _, value = line.rpartition(" ")
+            with contextlib.suppress(ValueError):
+                out[key] = float(value)
+    return out
+
+
+# -- load generators --------------------------------------------------------------------------
+
+
+def wrk(url: str, seconds: int, connections: int, script: str, *args: object) -> dict[str, Any]:
+    """One wrk run. With bench/student_pass.lua (a fixed number of lookups), `seconds` is only
+    a bound: the script creates a marker file once its last answer is in, and wrk is then ended
+    with SIGINT (it still reports; its duration is the time up to that point)."""
+    marker = None
+    if script == "student_pass.lua":
+        marker = Path(tempfile.mkdtemp(prefix="surge-bench-wrk-")) / "done"
+        args = (*args, marker)
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s",
+           str(ROOT / "bench" / script), url, "--", *map(str, args)]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + seconds + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            if marker is not None and marker.exists():
+                proc.send_signal(signal.SIGINT)
+                break
+            time.sleep(0.005)
+        out, err = proc.communicate(timeout=max(5.0, deadline - time.monotonic()))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if marker is not None:
+            shutil.rmtree(marker.parent, ignore_errors=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"wrk exited {proc.returncode}: {err[-1000:]}")
+    line = next(line for line in out.splitlines() if line.startswith("JSON "))
+    result: dict[str, Any] = json.loads(line[5:])
+    result["errors"] = result["non_2xx"] + result["socket_errors"]
+    # 2xx only: a fast 502 from nginx must not pass for throughput.
+    result["rps"] = (result["requests"] - result["non_2xx"]) / max(result["seconds"], 1e-6)
+    return result
+
+
+def k6(script: str, url: str, env: Mapping[str, str], timeout: int, work: Path) -> dict[str, Any]:
+    """One k6 scenario; its summary (failed, percentiles, req/s) and a per-second timeline."""
+    work.mkdir(parents=True, exist_ok=True)
+    summary, points = work / f"{script}-summary.json", work / f"{script}-points.json.gz"
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):  # one open file per VU connection
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    cmd = [
+        str(K6),
+        "run",
+        "--no-usage-report",
+        "--quiet",
+        "--summary-trend-stats",
+        "avg,med,p(95),p(99),max",
+        "--summary-export",
+        str(summary),
+        "--out",
+        f"json={points}",
+        f"k6/{script}.js",
+    ]
+    k6_env = {**os.environ, "BASE_URL": url, **env}
+    done = subprocess.run(
+        cmd, cwd=ROOT, env=k6_env, capture_output=True, text=True, timeout=timeout
+    )
+    if done.returncode not in (0, 99):  # 99: a threshold crossed, which the report shows
+        raise RuntimeError(f"k6 {script} exited {done.returncode}:\n{done.stderr[-2000:]}")
+    metrics = json.loads(summary.read_text())["metrics"]
+    duration, reqs = metrics["http_req_duration"], metrics["http_reqs"]
+    failed = metrics.get("http_req_failed", {})
+    run = {
+        "rps": reqs["rate"],
+        "requests": reqs["count"],
+        "errors": failed.get("passes", 0),  # a Rate: "passes" are the failed requests
+        "p50_ms": duration["med"],
+        "p95_ms": duration["p(95)"],
+        "p99_ms": duration["p(99)"],
+        "max_ms": duration["max"],
+        "thresholds_passed": done.returncode == 0,
+    }
+    return {"run": run, "timeline": timeline(points)}
+
+
+def timeline(points: Path) -> list[dict[str, float]]:
+    """k6's JSON points per second: requests, p95 of http_req_duration, VUs."""
+    reqs: dict[int, list[float]] = {}
+    vus: dict[int, float] = {}
+    start: float | None = None
+    with gzip.open(points, "rt") as f:
+        for line in f:
+            if '"Point"' not in line:
+                continue
+            point = json.loads(line)
+            metric = point["metric"]
+            if metric not in ("http_req_duration", "vus"):
+                continue
+            moment = datetime.datetime.fromisoformat(point["data"]["time"]).timestamp()
+            start = moment if start is None else min(start, moment)
+            second = int(moment)
+            if metric == "vus":
+                vus[second] = max(vus.get(second, 0), point["data"]["value"])
+            else:
+                reqs.setdefault(second, []).append(point["data"]["value"])
+    if start is None:
+        return []
+    out = []
+    for second in range(int(start), max([*reqs, *vus]) + 1):
+        values = sorted(reqs.get(second, []))
+        p95 = values[min(len(values) - 1, int(0.95 * len(values)))] if values else 0.0
+        out.append(
+            {"t": second - int(start), "rps": len(values), "p95_ms": p95, "vus": vus.get(second, 0)}
+        )
+    return out
+
+
+# -- what runs --------------------------------------------------------------------------------
+
+
+class Topology:
+    """The launcher's nginx + replicas in a temp run dir on free ports, on the existing stores."""
+
+    def __init__(self, settings: Settings) -> None:
+        from stack.launcher import Layout, spare_env
+
+        self.run = Path(tempfile.mkdtemp(prefix="surge-bench-report-"))
+        self.run.chmod(0o755)
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("SURGE_")}
+        self.env.update(spare_env(self.run))
+        self.env.update(
+            {
+                "SURGE_DATABASE_URL": settings.database_url,
+                "SURGE_REDIS_URL": settings.redis_url,
+                "SURGE_STUDENTS": str(settings.students),
+                "SURGE_BOOKINGS": str(settings.bookings),
+                "SURGE_SEED": str(settings.seed),
+                "SURGE_RATE_LIMIT": "off",
+                "SURGE_MONITORING": "off",
+            }
+        )
+        self.layout = Layout.from_env(self.env)
+        self.url = f"http://127.0.0.1:{self.layout.http_port}"
+        self.replicas = 0
+
+    def launcher(self, *args: str, **env: str) -> None:
+        done = subprocess.run(
+            [sys.executable, "-m", "stack", *args],
+            cwd=ROOT,
+            env={**self.env, **env},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"stack {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+
+    def scale(self, n: int) -> None:
+        if n != self.replicas:
+            say(f"stack: {n} replica(s) behind nginx at {self.url}")
+            self.launcher("up", SURGE_REPLICAS=str(n))
+            self.replicas = n
+
+    def groups(self) -> tuple[dict[str, list[int]], dict[str, int]]:
+        """Pids per process (nginx, api-1..N) and each replica's port."""
+        from stack.launcher import PidFiles
+
+        groups, ports = {}, {}
+        for rec in PidFiles(self.layout.pids).all():
+            if rec.name == "nginx" or rec.name.startswith("api-"):
+                groups[rec.name] = group_members(rec.pid) or [rec.pid]
+            if rec.name.startswith("api-"):
+                ports[rec.name] = rec.port
+        return groups, ports
+
+    def down(self) -> None:
+        try:
+            if self.replicas:
+                self.launcher("down")
+        finally:
+            shutil.rmtree(self.run, ignore_errors=True)
+
+
+class BareTopology:
+    """bench/bare_handler.py replicas behind a second nginx rendered from the same template."""
+
+    def __init__(self, settings: Settings, replicas: int, prefix: Path) -> None:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.ports = [free_port() for _ in range(replicas)]
+        for port in self.ports:
+            cmd = granian_command("bench.bare_handler:create_app", port, settings.redis_pool_size)
+            self.procs.append(
+                subprocess.Popen(
+                    cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                )
+            )
+        for port in self.ports:
+            wait_for(
+                lambda p=port: answers(p, f"/students/{FIRST_STUDENT}"),
+                timeout=30,
+                what="bare handler",
+            )
+        values = local_values(
+            prefix,
+            port=free_port(),
+            status_port=free_port(),
+            upstream_ports=self.ports,
+            SURGE_RATE_LIMIT="off",
+        )
+        self.nginx = NginxServer(prefix, values)
+        self.nginx.start()
+        self.url = self.nginx.url
+
+    def groups(self) -> dict[str, list[int]]:
+        groups = {"nginx": children_of(self.nginx.pid)} if self.nginx.pid else {}
+        for i, proc in enumerate(self.procs, 1):
+            groups[f"bare-{i}"] = children_of(proc.pid)
+        return groups
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self.nginx.stop()
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+# -- the steps --------------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, settings: Settings, profile: Mapping[str, Any], work: Path) -> None:
+        self.settings = settings
+        self.p = profile
+        self.work = work
+        self.last_id = FIRST_STUDENT + settings.students - 1
+        self.stores = store_pids(settings)
+        self._top: Topology | None = None
+        from stack.launcher import default_replicas
+
+        self.default_replicas = default_replicas()
+
+    @property
+    def top(self) -> Topology:
+        if self._top is None:
+            self._top = Topology(self.settings)
+        return self._top
+
+    def close(self) -> None:
+        if self._top is not None:
+            self._top.down()
+
+    def measured(
+        self,
+        groups: dict[str, list[int]],
+        ports: dict[str, int],
+        load: Callable[[], dict[str, Any]],
+        loadgen: str,
+    ) -> dict[str, Any]:
+        with Measure({**groups, **self.stores}, ports) as m:
+            run = load()
+        return m.attach(run, loadgen)
+
+    def surge_wrk(self, script: str = "random_students.lua", *args: int) -> dict[str, Any]:
+        groups, ports = self.top.groups()
+        args = args or (FIRST_STUDENT, self.last_id)
+        seconds = self.p["seconds"] if script == "random_students.lua" else 300
+        return self.measured(
+            groups,
+            ports,
+            lambda: wrk(self.top.url, seconds, self.p["connections"], script, *args),
+            "wrk",
+        )
+
+    def fixed(self) -> dict[str, Any]:
+        n, conns = self.default_replicas, self.p["connections"]
+        self.top.scale(n)
+        bare = BareTopology(self.settings, n, self.work / "nginx-bare")
+        try:
+
+            def bare_run() -> dict[str, Any]:
+                return wrk(
+                    bare.url,
+                    self.p["seconds"],
+                    conns,
+                    "random_students.lua",
+                    FIRST_STUDENT,
+                    self.last_id,
+                )
+
+            wrk(self.top.url, 2, conns, "random_students.lua", FIRST_STUDENT, self.last_id)
+            bare_run()  # warm-ups
+            rounds: dict[str, list[dict[str, Any]]] = {"surge": [], "bare handler": []}
+            for i in range(self.p["rounds"]):
+                order = ["surge", "bare handler"][:: 1 if i % 2 == 0 else -1]
+                for name in order:
+                    if name == "surge":
+                        run = self.surge_wrk()
+                    else:
+                        run = self.measured(bare.groups(), {}, bare_run, "wrk")
+                    say(f"fixed {name}: {run['rps']:,.0f} req/s, errors {run['errors']:.0f}")
+                    rounds[name].append(run)
+        finally:
+            bare.stop()
+        return {
+            "how": f"`wrk -t1 -c{conns} -d{self.p['seconds']}s -s bench/random_students.lua` "
+            f"(ids {FIRST_STUDENT:,}..{self.last_id:,}) through one nginx worker (rate limit off) "
+            f"to {n} replica(s) of each; {self.p['rounds']} alternating round(s), the median "
+            "round shown; 2 s warm-up each.",
+            "runs": {k: median_run(v) for k, v in rounds.items()},
+        }
+
+    def k6_step(self, script: str, env: Mapping[str, str]) -> dict[str, Any]:
+        self.top.scale(self.default_replicas)
+        groups, ports = self.top.groups()
+        k6_env = {"SURGE_STUDENTS": str(self.settings.students), **env}
+        with Measure({**groups, **self.stores}, ports) as m:
+            out = k6(script, self.top.url, k6_env, self.p["k6_timeout"], self.work / "k6")
+        run = m.attach(out["run"], "k6")
+        say(
+            f"{script}: {run['rps']:,.0f} req/s, failed {run['errors']:.0f}, "
+            f"p95 {run['p95_ms']:.1f} ms, p99 {run['p99_ms']:.1f} ms"
+        )
+        shape = ", ".join(f"{k}={v}" for k, v in env.items()) or "the script's default stages"
+        return {
+            "how": f"`k6 run k6/{script}.js` ({shape}) through nginx to "
+            f"{self.default_replicas} replica(s); k6 on the same machine.",
+            "runs": {"k6": run},
+            "timeline": out["timeline"],
+        }
+
+    def ramp(self) -> dict[str, Any]:
+        return self.k6_step("reference-ramp", self.p["ramp_env"])
+
+    def spike(self) -> dict[str, Any]:
+        return self.k6_step("spike", self.p["spike_env"])
+
+    def cold(self) -> dict[str, Any]:
+        self.top.scale(self.default_replicas)
+        count = self.p["cold_ids"]
+        self.surge_wrk()  # warm-up: connections and pools
+        runs: dict[str, dict[str, Any]] = {}
+        client = redis.Redis.from_url(self.settings.redis_url)
+        try:
+            runs["warm"] = self.surge_wrk("student_pass.lua", FIRST_STUDENT, self.last_id, count, 1)
+            deleted = clear_live_students(client)
+            say(f"cold: deleted {deleted:,} live student hashes")
+            runs["cold pass"] = self.surge_wrk(
+                "student_pass.lua", FIRST_STUDENT, self.last_id, count, 2
+            )
+            runs["second pass"] = self.surge_wrk(
+                "student_pass.lua", FIRST_STUDENT, self.last_id, count, 2
+            )
+            for name, run in runs.items():
+                say(f"cold {name}: {run['rps']:,.0f} req/s, errors {run['errors']:.0f}")
+        finally:
+            reseed(client, self.settings)
+            client.close()
+        return {
+            "how": f"Each pass: exactly {count:,} lookups of random student ids from a fixed "
+            f"seed (`bench/student_pass.lua`), wrk -c{self.p['connections']} through nginx to "
+            f"{self.default_replicas} replica(s). `warm`: other ids, Redis full. Then the live "
+            f"version's student hashes were deleted ({deleted:,}; bookings and the version "
+            "pointer left alone): `cold pass` read every id from Postgres and wrote it back; "
+            "`second pass` asked for the same ids again. Afterwards the hashes were deleted "
+            "again and `surge-seed` refilled Redis from Postgres.",
+            "runs": runs,
+        }
+
+    def replicas(self) -> dict[str, Any]:
+        rounds: dict[int, list[dict[str, Any]]] = {n: [] for n in self.p["replicas"]}
+        for i in range(self.p["rounds"]):
+            for n in self.p["replicas"][:: 1 if i % 2 == 0 else -1]:
+                self.top.scale(n)
+                wrk(
+                    self.top.url,
+                    2,
+                    self.p["connections"],
+                    "random_students.lua",
+                    FIRST_STUDENT,
+                    self.last_id,
+                )
+                run = self.surge_wrk()
+                say(f"{n} replica(s): {run['rps']:,.0f} req/s, errors {run['errors']:.0f}")
+                rounds[n].append(run)
+        self.top.scale(self.default_replicas)
+        return {
+            "how": f"The fixed-concurrency wrk run (-c{self.p['connections']}, "
+            f"{self.p['seconds']} s) through nginx with SURGE_REPLICAS=N (the launcher scales "
+            f"and reloads nginx); {self.p['rounds']} round(s), order alternating, median shown.",
+            "runs": {
+                f"{n} replica{'s' if n > 1 else ''}": median_run(r) for n, r in rounds.items()
+            },
+        }
+
+    def metrics(self) -> dict[str, Any]:
+        apps = {
+            "metrics on": DIRECT_APPS["surge"],
+            "metrics off": DIRECT_APPS["surge, metrics off"],
+        }
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        procs: dict[str, subprocess.Popen[bytes]] = {}
+        ports: dict[str, int] = {}
+        try:
+            for name, (factory, app_env) in apps.items():
+                ports[name] = free_port()
+                cmd = granian_command(factory, ports[name], self.settings.redis_pool_size)
+                procs[name] = subprocess.Popen(
+                    cmd,
+                    cwd=ROOT,
+                    env={**env, **app_env},
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            for name, port in ports.items():
+                wait_for(
+                    lambda p=port: answers(p, f"/students/{FIRST_STUDENT}"), timeout=30, what=name
+                )
+            url = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+            for name in apps:
+                wrk(
+                    url[name],
+                    2,
+                    self.p["connections"],
+                    "random_students.lua",
+                    FIRST_STUDENT,
+                    self.last_id,
+                )
+            rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in apps}
+            for i in range(self.p["rounds"]):
+                for name in list(apps)[:: 1 if i % 2 == 0 else -1]:
+                    groups = {"api-1": children_of(procs[name].pid), **self.stores}
+                    metric_ports = {"api-1": ports[name]} if name == "metrics on" else {}
+                    run = self.measured(
+                        groups,
+                        metric_ports,
+                        lambda n=name: wrk(
+                            url[n],
+                            self.p["seconds"],
+                            self.p["connections"],
+                            "random_students.lua",
+                            FIRST_STUDENT,
+                            self.last_id,
+                        ),
+                        "wrk",
+                    )
+                    say(f"{name}: {run['rps']:,.0f} req/s")
+                    rounds[name].append(run)
+        finally:
+            for proc in procs.values():
+                proc.terminate()
+            for proc in procs.values():
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        return {
+            "how": "bench/api.py's setup: one Granian worker each, wrk straight to it (no nginx), "
+            f"-c{self.p['connections']}, {self.p['seconds']} s, {self.p['rounds']} alternating "
+            "round(s), median shown. SURGE_METRICS=off drops the middleware and the /metrics "
+            "route.",
+            "runs": {k: median_run(v) for k, v in rounds.items()},
+        }
+
+
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The round with the median req/s (its latencies and CPU belong to it), plus every round."""
+    ordered = sorted(runs, key=lambda r: r["rps"])
+    out = dict(ordered[len(ordered) // 2])
+    out["errors"] = sum(r["errors"] for r in runs)
+    if len(runs) > 1:
+        out["rounds_rps"] = [round(r["rps"]) for r in runs]
+    return out
+
+
+def clear_live_students(client: redis.Redis) -> int:
+    """UNLINK the hashes of the live students version (the contract's SCAN pattern): nothing
+    else, neither bookings nor surge:live / surge:meta."""
+    version = parse_version(client.hget(LIVE_KEY, STUDENTS.name))
+    keys = list(client.scan_iter(match=STUDENTS.version_pattern(version), count=1000))
+    for i in range(0, len(keys), 1000):
+        client.unlink(*keys[i : i + 1000])
+    return len(keys)
+
+
+def reseed(client: redis.Redis, settings: Settings) -> None:
+    """Back to a full Redis. The read-through write-backs may have recreated every hash with a
+    few fields each, which the seeder's key count would take for a complete fill: clear the
+    live version first, so that `surge-seed` sees it incomplete and refills from Postgres."""
+    say("cold: refilling Redis from Postgres (surge-seed)")
+    clear_live_students(client)
+    env = {
+        **os.environ,
+        "SURGE_DATABASE_URL": settings.database_url,
+        "SURGE_REDIS_URL": settings.redis_url,
+    }
+    subprocess.run(
+        [str(ROOT / ".venv/bin/surge-seed"), "--no-progress"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        timeout=900,
+        stdout=subprocess.DEVNULL,
+    )
+    last = FIRST_STUDENT + settings.students - 1
+    if client.hget(*STUDENTS.live_slot(client, last)) is None:
+        raise RuntimeError(f"after surge-seed, student {last} is still not in Redis")
+
+
+# -- main -------------------------------------------------------------------------------------
+
+
+def parse_only(raw: str | None) -> list[str]:
+    if not raw:
+        return list(report_render.STEPS)
+    names = [n.strip() for n in raw.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(report_render.STEPS))
+    if unknown:
+        raise SystemExit(f"unknown step(s) {unknown}; known: {', '.join(report_render.STEPS)}")
+    return [n for n in report_render.STEPS if n in names]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short runs, small VU counts")
+    parser.add_argument("--only", help=f"comma-separated steps of: {','.join(report_render.STEPS)}")
+    parser.add_argument("--out", type=Path, default=OUT, help="where the report goes")
+    args = parser.parse_args(argv)
+    steps = parse_only(args.only)
+    # A SIGTERM (timeout, CI) unwinds like Ctrl-C: the finally blocks stop what was started
+    # and refill Redis.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    for tool in ("wrk",):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} is missing: `make deps` installs it")
+    if not K6.exists() and {"ramp", "spike"} & set(steps):
+        sys.exit(f"{K6} is missing: `make deps` installs it")
+
+    settings = Settings.from_env()
+    last_id = FIRST_STUDENT + settings.students - 1
+    try:
+        probe = redis.Redis.from_url(settings.redis_url)
+        seeded = probe.hget(*STUDENTS.live_slot(probe, last_id)) is not None
+        probe.close()
+    except redis.RedisError as e:
+        sys.exit(f"Redis at {settings.redis_url} does not answer ({e}): `make up` first")
+    if not seeded:
+        sys.exit(f"student {last_id} is not in Redis: seed first (`make up`)")
+
+    date = datetime.date.today().isoformat()
+    chart_dir = args.out / date
+    profile = QUICK if args.quick else FULL
+    work = Path(tempfile.mkdtemp(prefix="surge-bench-work-"))
+    bench = Bench(settings, profile, work)
+    command = (
+        "make bench"
+        if not argv and not args.quick and not args.only
+        else ("python bench/report.py " + " ".join(sys.argv[1:] if argv is None else argv))
+    )
+    results: dict[str, Any] = {
+        "meta": {
+            "date": date,
+            "command": command,
+            "quick": args.quick,
+            "nproc": os.cpu_count() or 1,
+            "machine": [list(kv) for kv in machine(settings)],
+            "config": {
+                "students": f"{settings.students:,} (ids {FIRST_STUDENT:,}..{last_id:,})",
+                "replicas (default)": str(bench.default_replicas),
+                "nginx": "one worker, rate limit off, the project's template",
+                "Granian": "one worker per replica (stack.servers.granian_command)",
+                "Redis pool / backpressure": str(settings.redis_pool_size),
+                "wrk": f"-t1 -c{profile['connections']} -d{profile['seconds']}s",
+                "rounds": str(profile["rounds"]),
+                "steps": ", ".join(steps),
+            },
+        },
+        "steps": {},
+        "failures": {},
+    }
+    started = time.monotonic()
+    try:
+        for name in steps:
+            say(f"step {name}")
+            try:
+                results["steps"][name] = getattr(bench, name)()
+            except (Exception, subprocess.TimeoutExpired) as e:  # the others still run
+                say(f"step {name} failed: {e}")
+                results["failures"][name] = f"{type(e).__name__}: {str(e)[:500]}"
+    finally:
+        bench.close()
+        shutil.rmtree(work, ignore_errors=True)
+    results["meta"]["config"]["wall time"] = f"{time.monotonic() - started:,.0f} s"
+
+    chart_dir.mkdir(parents=True, exist_ok=True)
+    (chart_dir / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    pngs = report_render.charts(results, chart_dir)
+    report = report_render.markdown(results, [f"{date}/{p.name}" for p in pngs])
+    path = args.out / f"report-{date}.md"
+    path.write_text(report)
+    print(report)
+    say(f"wrote {path} and {len(pngs)} chart(s) in {chart_dir}")
+    return 1 if results["failures"] else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

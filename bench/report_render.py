@@ -1,0 +1,415 @@
+"""The pure half of bench/report.py: targets, the saturation verdict, markdown and charts.
+
+Everything here works on the results dict bench/report.py collects (and saves as results.json
+next to the charts), so it can be re-rendered and tested without any load:
+
+    {"meta": {"date", "command", "quick", "nproc", "machine": [[k, v]], "config": {k: v}},
+     "steps": {name: {"runs": {label: run}, ...}},       a run: rps, p50_ms, p95_ms, p99_ms,
+     "failures": {name: message}}                          errors, cpu {process: cores},
+                                                           store {pool_waiting_max, ...}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+STEPS = ("fixed", "ramp", "spike", "cold", "replicas", "metrics")
+TITLES = {
+    "fixed": "Fixed concurrency: surge vs the bare handler, through nginx",
+    "ramp": "The 3,000-VU reference ramp (k6)",
+    "spike": "Spike to 3,000 VUs within 5 s (k6)",
+    "cold": "Cold cache: Redis emptied, served via Postgres, then warm",
+    "replicas": "1 vs 2 vs 3 replicas behind nginx",
+    "metrics": "Metrics on vs off (one replica, no nginx)",
+}
+WARM_TOLERANCE = 0.90
+"""'The second pass at the warm rate': within 10% of it (rounds on this box vary that much)."""
+METRICS_MAX_COST = 0.05
+SATURATED = 0.85
+"""A single-threaded process (nginx worker, Granian worker, Redis) above this many cores is
+treated as saturated; the machine as a whole above this share of its cores."""
+
+
+@dataclass(frozen=True)
+class Target:
+    step: str
+    name: str
+    measured: float
+    goal: float
+    higher_is_better: bool
+    unit: str = ""
+
+    @property
+    def met(self) -> bool:
+        if self.higher_is_better:
+            return self.measured >= self.goal
+        return self.measured <= self.goal
+
+    @property
+    def gap(self) -> float:
+        """How far from the goal, in the target's unit (0 when met)."""
+        return 0.0 if self.met else abs(self.measured - self.goal)
+
+    @property
+    def gap_ratio(self) -> float:
+        """The gap relative to the goal (0.25 = missed by 25% of the goal)."""
+        return self.gap / self.goal if self.goal else (float("inf") if self.gap else 0.0)
+
+    def describe(self) -> str:
+        sign = "≥" if self.higher_is_better else "≤"
+        measured, goal = fmt(self.measured, self.unit), fmt(self.goal, self.unit)
+        if self.met:
+            return f"met: {measured} ({sign} {goal})"
+        if self.goal == 0:
+            return f"**missed**: {measured} ({sign} {goal})"
+        gap = f"{self.gap * 100:.1f} points" if self.unit == "%" else fmt(self.gap, self.unit)
+        return f"**missed by {gap} ({self.gap_ratio:.0%} of the goal)**: {measured} ({sign} {goal})"
+
+
+def fmt(value: float, unit: str = "") -> str:
+    if unit == "%":
+        return f"{value:.1%}"
+    if unit == "ms":
+        return f"{value:,.1f} ms"
+    if unit == "req/s":
+        return f"{value:,.0f} req/s"
+    return f"{value:,.0f}{(' ' + unit) if unit else ''}"
+
+
+def targets(results: Mapping[str, Any]) -> list[Target]:
+    """Issue 5's targets, for the steps that ran."""
+    steps = results.get("steps", {})
+    out: list[Target] = []
+    fixed = steps.get("fixed", {}).get("runs", {})
+    if "surge" in fixed and "bare handler" in fixed:
+        s, b = fixed["surge"], fixed["bare handler"]
+        out.append(
+            Target("fixed", "surge req/s ≥ bare handler's", s["rps"], b["rps"], True, "req/s")
+        )
+        out.append(Target("fixed", "surge errors", s["errors"], 0, False, "errors"))
+    for step, p95, p99 in (("ramp", 100.0, 250.0), ("spike", None, 500.0)):
+        run = steps.get(step, {}).get("runs", {}).get("k6")
+        if not run:
+            continue
+        out.append(Target(step, "failed requests", run["errors"], 0, False, "failed"))
+        if p95 is not None:
+            out.append(Target(step, "p95", run["p95_ms"], p95, False, "ms"))
+        out.append(Target(step, "p99", run["p99_ms"], p99, False, "ms"))
+    cold = steps.get("cold", {}).get("runs", {})
+    if {"warm", "cold pass", "second pass"} <= set(cold):
+        warm = cold["warm"]["rps"]
+        if warm:
+            first, second = cold["cold pass"]["rps"] / warm, cold["second pass"]["rps"] / warm
+            out.append(Target("cold", "cold pass / warm rate", first, 0.40, True, "%"))
+            out.append(Target("cold", "second pass / warm rate", second, WARM_TOLERANCE, True, "%"))
+    metrics = steps.get("metrics", {}).get("runs", {})
+    if "metrics on" in metrics and "metrics off" in metrics and metrics["metrics off"]["rps"]:
+        cost = 1 - metrics["metrics on"]["rps"] / metrics["metrics off"]["rps"]
+        out.append(Target("metrics", "req/s cost of metrics", cost, METRICS_MAX_COST, False, "%"))
+    return out
+
+
+# -- which tier saturated first ---------------------------------------------------------------
+
+
+def process_kind(name: str) -> str:
+    """'api-2' -> 'api', 'nginx (bare)' -> 'nginx'."""
+    return name.split()[0].split("-")[0]
+
+
+SINGLE_THREADED = {"nginx", "api", "bare", "redis", "wrk"}
+"""One core at most each: one nginx worker, one Granian worker per replica, Redis's event loop,
+wrk -t1. Postgres (a backend per connection) and k6 (Go) can use several."""
+
+
+def saturation(run: Mapping[str, Any], nproc: int) -> str:
+    """Which tier ran out first in one run, from CPU per process and the replicas' pool waits."""
+    cpu: dict[str, float] = dict(run.get("cpu", {}))
+    if not cpu:
+        return "no CPU samples"
+    store = run.get("store", {})
+    notes = []
+    if store.get("pool_waiting_max", 0) > 0:
+        notes.append(
+            f"requests queued for a Postgres connection (up to {store['pool_waiting_max']:.0f} "
+            "at once): the Postgres pool was the bottleneck of the fallback path"
+        )
+    if store.get("store_errors", 0) > 0:
+        notes.append(f"{store['store_errors']:.0f} failed store calls")
+    total = sum(cpu.values())
+    hot = [
+        (cores, name)
+        for name, cores in cpu.items()
+        if process_kind(name) in SINGLE_THREADED and cores >= SATURATED
+    ]
+    busiest = max(cpu.items(), key=lambda kv: kv[1])
+    if hot:
+        cores, name = max(hot)
+        verdict = f"{name} saturated its core ({cores:.2f} cores)"
+    elif total >= SATURATED * nproc:
+        verdict = (
+            f"the machine's {nproc} cores were saturated ({total:.2f} busy); the largest share: "
+            f"{busiest[0]} ({busiest[1]:.2f} cores)"
+        )
+    else:
+        verdict = (
+            f"no tier saturated (busiest: {busiest[0]}, {busiest[1]:.2f} cores; "
+            f"{total:.2f} of {nproc} cores busy): latency or think time bound the rate"
+        )
+    return "; ".join([verdict, *notes])
+
+
+def why(target: Target, results: Mapping[str, Any]) -> str:
+    """A computed reason for a missed target: the step's saturation verdict and its error mix."""
+    if target.met:
+        return ""
+    step = results["steps"].get(target.step, {})
+    nproc = int(results.get("meta", {}).get("nproc", 1))
+    runs = step.get("runs", {})
+    label = {"fixed": "surge", "ramp": "k6", "spike": "k6", "metrics": "metrics on"}.get(
+        target.step, "cold pass" if "cold pass" in target.name else "second pass"
+    )
+    run = runs.get(label) or next(iter(runs.values()), {})
+    reasons = [saturation(run, nproc)]
+    if target.step == "fixed" and "bare handler" in runs:
+        bare = runs["bare handler"].get("cpu", {})
+        ours = run.get("cpu", {})
+        api = sum(v for k, v in ours.items() if process_kind(k) == "api")
+        bare_api = sum(v for k, v in bare.items() if process_kind(k) == "bare")
+        if api and bare_api and run.get("rps") and runs["bare handler"].get("rps"):
+            per_req = api / run["rps"] * 1e6
+            bare_per_req = bare_api / runs["bare handler"]["rps"] * 1e6
+            reasons.append(
+                f"surge's replicas spent {per_req:.0f} µs of CPU per request, the bare "
+                f"handler's {bare_per_req:.0f} µs"
+            )
+    if run.get("errors"):
+        reasons.append(f"{run['errors']:.0f} errors ({run.get('error_detail', 'see the log')})")
+    lookups = run.get("store", {}).get("lookups", {})
+    if lookups:
+        mix = ", ".join(f"{k} {v:,.0f}" for k, v in sorted(lookups.items()))
+        reasons.append(f"lookups: {mix}")
+    return "; ".join(r for r in reasons if r)
+
+
+# -- markdown ---------------------------------------------------------------------------------
+
+
+def _num(run: Mapping[str, Any], key: str, pattern: str = "{:,.1f}") -> str:
+    value = run.get(key)
+    return "-" if value is None else pattern.format(value)
+
+
+def runs_table(runs: Mapping[str, Mapping[str, Any]]) -> str:
+    rows = [
+        "| configuration | req/s | p50 ms | p95 ms | p99 ms | requests | errors |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, run in runs.items():
+        rows.append(
+            f"| {label} | **{_num(run, 'rps', '{:,.0f}')}** | {_num(run, 'p50_ms')} "
+            f"| {_num(run, 'p95_ms')} | {_num(run, 'p99_ms')} "
+            f"| {_num(run, 'requests', '{:,.0f}')} | {_num(run, 'errors', '{:,.0f}')} |"
+        )
+    return "\n".join(rows)
+
+
+def cpu_table(runs: Mapping[str, Mapping[str, Any]], nproc: int) -> str:
+    names: list[str] = []
+    for run in runs.values():
+        names += [n for n in run.get("cpu", {}) if n not in names]
+    if not names:
+        return ""
+    rows = [
+        "| configuration | " + " | ".join(names) + " | pool waiting (max) | store errors "
+        "| lookups | first to saturate |",
+        "|---|" + "---|" * (len(names) + 4),
+    ]
+    for label, run in runs.items():
+        cpu, store = run.get("cpu", {}), run.get("store", {})
+        cells = " | ".join(f"{cpu[n]:.2f}" if n in cpu else "-" for n in names)
+        lookups = ", ".join(f"{k} {v:,.0f}" for k, v in sorted(store.get("lookups", {}).items()))
+        rows.append(
+            f"| {label} | {cells} | {_num(store, 'pool_waiting_max', '{:.0f}')} "
+            f"| {_num(store, 'store_errors', '{:.0f}')} | {lookups or '-'} "
+            f"| {saturation(run, nproc)} |"
+        )
+    return "\n".join(rows)
+
+
+def markdown(results: Mapping[str, Any], charts: Iterable[str] = ()) -> str:
+    meta = results.get("meta", {})
+    nproc = int(meta.get("nproc", 1))
+    steps = results.get("steps", {})
+    found = targets(results)
+    lines = [
+        f"# Benchmark report ({meta.get('date', '?')})",
+        "",
+        f"Command: `{meta.get('command', 'make bench')}`"
+        + (
+            " (**--quick**: short runs, small VU counts; not the reference figures)"
+            if meta.get("quick")
+            else ""
+        ),
+        "",
+        "Everything below ran in one session on one machine, load generator included, so the",
+        "configurations compared side by side shared its noise. CPU is in cores (1.00 = one core",
+        f"busy for the whole run; the machine has {nproc}), sampled from /proc per process;",
+        "`other` is the rest of the machine meanwhile. Pool waits and lookups come from each",
+        "replica's /metrics (docs/metrics.md) before and during each run.",
+        "",
+        "## Targets",
+        "",
+        "| step | target | result | why (computed) |",
+        "|---|---|---|---|",
+    ]
+    for t in found:
+        lines.append(f"| {t.step} | {t.name} | {t.describe()} | {why(t, results) or ''} |")
+    if not found:
+        lines.append("| - | no target could be evaluated | - | - |")
+    met = sum(t.met for t in found)
+    lines += ["", f"{met} of {len(found)} targets met.", ""]
+    failures = results.get("failures", {})
+    for name in STEPS:
+        if name not in steps and name not in failures:
+            continue
+        lines += [f"## {TITLES[name]}", ""]
+        step = steps.get(name, {})
+        if step.get("how"):
+            lines += [step["how"], ""]
+        if name in failures:
+            lines += [f"**This step failed**: `{failures[name]}`", ""]
+        runs = step.get("runs", {})
+        if runs:
+            lines += [runs_table(runs), ""]
+            cpu = cpu_table(runs, nproc)
+            if cpu:
+                lines += ["CPU (cores) per process and what the replicas reported:", "", cpu, ""]
+        for note in step.get("notes", []):
+            lines += [note, ""]
+    charts = list(charts)
+    if charts:
+        lines += ["## Charts", ""]
+        lines += [f"![{Path(c).stem}]({c})" for c in charts]
+        lines.append("")
+    config = meta.get("config", {})
+    if config:
+        lines += ["## Configuration", "", "| setting | value |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in config.items()]
+        lines.append("")
+    machine = meta.get("machine", [])
+    if machine:
+        lines += ["## Machine and versions", "", "| machine | |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in machine]
+        lines.append("")
+    return "\n".join(lines)
+
+
+# -- charts -----------------------------------------------------------------------------------
+
+
+def _all_runs(results: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    out = []
+    for name in STEPS:
+        for label, run in results.get("steps", {}).get(name, {}).get("runs", {}).items():
+            out.append((f"{name}: {label}", run))
+    return out
+
+
+def charts(results: Mapping[str, Any], out_dir: Path) -> list[Path]:
+    """PNG charts: req/s per configuration, latency percentiles, k6 timelines, CPU per process."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    runs = [(label, run) for label, run in _all_runs(results) if run.get("rps") is not None]
+
+    def save(fig: Any, name: str) -> None:
+        path = out_dir / name
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+
+    if runs:
+        height = 1.5 + 0.35 * len(runs)
+        fig, ax = plt.subplots(figsize=(9, height))
+        labels = [label for label, _ in runs]
+        ax.barh(labels, [run["rps"] for _, run in runs], color="tab:blue")
+        ax.invert_yaxis()
+        ax.set_xlabel("req/s")
+        ax.set_title("Throughput per configuration")
+        save(fig, "rps.png")
+
+        lat = [(label, run) for label, run in runs if run.get("p99_ms") is not None]
+        fig, ax = plt.subplots(figsize=(9, 1.5 + 0.45 * len(lat)))
+        width = 0.27
+        for i, (key, color) in enumerate(
+            (("p50_ms", "tab:green"), ("p95_ms", "tab:orange"), ("p99_ms", "tab:red"))
+        ):
+            ax.barh(
+                [j + (i - 1) * width for j in range(len(lat))],
+                [run.get(key) or 0 for _, run in lat],
+                height=width,
+                label=key.split("_")[0],
+                color=color,
+            )
+        ax.set_yticks(range(len(lat)), [label for label, _ in lat])
+        ax.invert_yaxis()
+        ax.set_xscale("log")
+        ax.set_xlabel("latency, ms (log scale)")
+        ax.set_title("Latency percentiles per configuration")
+        ax.legend()
+        save(fig, "latency.png")
+
+    timelines = [
+        (name, results["steps"][name].get("timeline"))
+        for name in ("ramp", "spike")
+        if results.get("steps", {}).get(name, {}).get("timeline")
+    ]
+    if timelines:
+        fig, axes = plt.subplots(len(timelines), 1, figsize=(9, 3.2 * len(timelines)))
+        axes = axes if len(timelines) > 1 else [axes]
+        for ax, (name, points) in zip(axes, timelines, strict=True):
+            t = [p["t"] for p in points]
+            ax.plot(t, [p["rps"] for p in points], color="tab:blue", label="req/s")
+            ax.set_ylabel("req/s")
+            ax.set_xlabel("seconds")
+            ax2 = ax.twinx()
+            ax2.plot(t, [p["p95_ms"] for p in points], color="tab:red", label="p95 ms")
+            ax2.plot(
+                t, [p["vus"] / 10 for p in points], color="tab:gray", ls="--", label="VUs / 10"
+            )
+            ax2.set_ylabel("p95 ms, VUs / 10")
+            ax.set_title(f"k6 {name}: per second")
+            lines = ax.get_legend_handles_labels()
+            lines2 = ax2.get_legend_handles_labels()
+            ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="upper left")
+        save(fig, "k6-timeline.png")
+
+    cpu_runs = [(label, run["cpu"]) for label, run in _all_runs(results) if run.get("cpu")]
+    if cpu_runs:
+        kinds: list[str] = []
+        for _, cpu in cpu_runs:
+            kinds += [process_kind(n) for n in cpu if process_kind(n) not in kinds]
+        fig, ax = plt.subplots(figsize=(9, 1.5 + 0.35 * len(cpu_runs)))
+        left = [0.0] * len(cpu_runs)
+        for kind in kinds:
+            values = [
+                sum(v for n, v in cpu.items() if process_kind(n) == kind) for _, cpu in cpu_runs
+            ]
+            ax.barh([label for label, _ in cpu_runs], values, left=left, label=kind)
+            left = [a + b for a, b in zip(left, values, strict=True)]
+        ax.invert_yaxis()
+        ax.axvline(int(results.get("meta", {}).get("nproc", 1)), color="black", ls=":")
+        ax.set_xlabel("cores (dotted: all of the machine's)")
+        ax.set_title("CPU per process")
+        ax.legend(loc="lower right", fontsize="small")
+        save(fig, "cpu.png")
+    return written

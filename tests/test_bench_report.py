@@ -1,0 +1,180 @@
+"""bench/report.py's pure half (bench/report_render.py): target evaluation, the saturation
+verdict, markdown and charts, from fixed sample results. No load is generated here."""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import report_render as rr
+
+
+def run(rps: float, p50: float, p95: float, p99: float, errors: float = 0, **extra: Any) -> dict:
+    return {"rps": rps, "p50_ms": p50, "p95_ms": p95, "p99_ms": p99, "errors": errors,
+            "requests": rps * 10, **extra}  # fmt: skip
+
+
+SAMPLE: dict[str, Any] = {
+    "meta": {
+        "date": "2026-11-23",
+        "command": "make bench",
+        "quick": False,
+        "nproc": 2,
+        "machine": [["nproc", "2"], ["Redis", "7.0.15"]],
+        "config": {"replicas (default)": "2"},
+    },
+    "steps": {
+        "fixed": {
+            "how": "wrk -t1 -c256",
+            "runs": {
+                "surge": run(
+                    5600, 30, 60, 90,
+                    cpu={"nginx": 0.25, "api-1": 0.72, "api-2": 0.70, "redis": 0.12,
+                         "postgres": 0.0, "wrk": 0.13, "other": 0.02},
+                    store={"pool_waiting_max": 0, "store_errors": 0,
+                           "lookups": {"redis_hit": 56000}},
+                ),
+                "bare handler": run(
+                    5900, 28, 55, 80,
+                    cpu={"nginx": 0.22, "bare-1": 0.71, "bare-2": 0.68, "redis": 0.15,
+                         "wrk": 0.12, "other": 0.02},
+                ),
+            },
+        },
+        "ramp": {
+            "runs": {"k6": run(1400, 20, 142.5, 240, cpu={"k6": 0.6, "api-1": 0.5, "api-2": 0.5})},
+            "timeline": [{"t": t, "rps": 100 * t, "p95_ms": 10.0 + t, "vus": 50 * t}
+                         for t in range(10)],
+        },
+        "spike": {"runs": {"k6": run(1500, 30, 300, 620, errors=3)}},
+        "cold": {
+            "runs": {
+                "warm": run(6000, 20, 40, 60),
+                "cold pass": run(1800, 90, 200, 300, cpu={"postgres": 0.9, "api-1": 0.5},
+                                 store={"pool_waiting_max": 12, "store_errors": 0,
+                                        "lookups": {"fallback_hit": 3000}}),
+                "second pass": run(5800, 21, 41, 62),
+            }
+        },
+        "replicas": {"runs": {"1 replica": run(4000, 30, 50, 70),
+                              "2 replicas": run(5600, 30, 60, 90)}},
+        "metrics": {"runs": {"metrics on": run(3900, 15, 40, 60),
+                             "metrics off": run(4000, 15, 40, 60)}},
+    },
+    "failures": {"replicas": "RuntimeError: stack up failed"},
+}  # fmt: skip
+
+
+def by_name(results: dict) -> dict[tuple[str, str], rr.Target]:
+    return {(t.step, t.name): t for t in rr.targets(results)}
+
+
+def test_targets_met_and_missed_by_how_much() -> None:
+    found = by_name(SAMPLE)
+    fixed = found[("fixed", "surge req/s ≥ bare handler's")]
+    assert not fixed.met
+    assert fixed.gap == pytest.approx(300)
+    assert fixed.gap_ratio == pytest.approx(300 / 5900)
+    assert found[("fixed", "surge errors")].met
+
+    p95 = found[("ramp", "p95")]
+    assert not p95.met and p95.gap == pytest.approx(42.5)
+    assert "missed by 42.5 ms (42% of the goal)" in p95.describe()
+    assert found[("ramp", "p99")].met
+    assert found[("ramp", "failed requests")].met
+
+    assert ("spike", "p95") not in found  # the spike's contract is p99 and failures only
+    assert not found[("spike", "failed requests")].met
+    assert found[("spike", "p99")].gap == pytest.approx(120)
+
+    cold = found[("cold", "cold pass / warm rate")]
+    assert not cold.met and cold.measured == pytest.approx(0.30)
+    second = found[("cold", "second pass / warm rate")]
+    assert second.met and second.measured == pytest.approx(5800 / 6000)
+
+    cost = found[("metrics", "req/s cost of metrics")]
+    assert cost.measured == pytest.approx(0.025) and cost.met
+
+
+def test_cold_pass_is_measured_against_forty_percent_of_warm() -> None:
+    target = by_name(SAMPLE)[("cold", "cold pass / warm rate")]  # 1,800 of 6,000: 30%
+    assert target.gap == pytest.approx(0.10)
+    assert "missed by 10.0 points (25% of the goal)" in target.describe()
+    results = copy.deepcopy(SAMPLE)
+    results["steps"]["cold"]["runs"]["cold pass"]["rps"] = 3000
+    target = by_name(results)[("cold", "cold pass / warm rate")]
+    assert target.met and target.gap == 0
+    assert target.describe() == "met: 50.0% (≥ 40.0%)"
+
+
+def test_only_the_steps_that_ran_are_evaluated() -> None:
+    results = {"meta": {"nproc": 2}, "steps": {"metrics": SAMPLE["steps"]["metrics"]}}
+    assert [t.step for t in rr.targets(results)] == ["metrics"]
+    assert rr.targets({"steps": {}}) == []
+
+
+def test_saturation_verdicts() -> None:
+    hot = {"cpu": {"nginx": 0.95, "api-1": 0.5, "redis": 0.1}}
+    assert rr.saturation(hot, 2).startswith("nginx saturated its core")
+    machine = {"cpu": {"api-1": 0.7, "api-2": 0.7, "postgres": 0.5}}
+    assert "machine's 2 cores were saturated" in rr.saturation(machine, 2)
+    idle = {"cpu": {"api-1": 0.2, "k6": 0.3}}
+    assert rr.saturation(idle, 2).startswith("no tier saturated")
+    pool = {"cpu": {"api-1": 0.2}, "store": {"pool_waiting_max": 12, "store_errors": 4}}
+    verdict = rr.saturation(pool, 2)
+    assert "Postgres pool" in verdict and "4 failed store calls" in verdict
+    assert rr.saturation({}, 2) == "no CPU samples"
+
+
+def test_why_is_computed_for_a_missed_target() -> None:
+    fixed = by_name(SAMPLE)[("fixed", "surge req/s ≥ bare handler's")]
+    reason = rr.why(fixed, SAMPLE)
+    assert "machine's 2 cores were saturated" in reason
+    assert "µs of CPU per request" in reason
+    assert rr.why(by_name(SAMPLE)[("fixed", "surge errors")], SAMPLE) == ""
+
+
+def test_markdown_has_targets_steps_failures_and_machine() -> None:
+    text = rr.markdown(SAMPLE, ["2026-11-23/rps.png"])
+    assert text.startswith("# Benchmark report (2026-11-23)")
+    assert "| ramp | p95 | **missed by 42.5 ms" in text
+    for title in rr.TITLES.values():
+        assert f"## {title}" in text
+    assert "**This step failed**: `RuntimeError: stack up failed`" in text
+    assert "![rps](2026-11-23/rps.png)" in text
+    assert "| Redis | 7.0.15 |" in text
+    assert "| surge | **5,600** |" in text
+    met = sum(t.met for t in rr.targets(SAMPLE))
+    assert f"{met} of {len(rr.targets(SAMPLE))} targets met." in text
+    # every table row has as many cells as its header
+    for block in text.split("\n\n"):
+        rows = [r for r in block.splitlines() if r.startswith("|")]
+        if rows:
+            assert len({r.count(" | ") for r in rows if not r.startswith("|---")}) == 1, block
+
+
+def test_quick_runs_are_labelled() -> None:
+    results = copy.deepcopy(SAMPLE)
+    results["meta"]["quick"] = True
+    assert "**--quick**" in rr.markdown(results)
+
+
+def test_charts_are_written_as_png(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    written = rr.charts(json.loads(json.dumps(SAMPLE)), tmp_path)
+    assert {p.name for p in written} == {"rps.png", "latency.png", "k6-timeline.png", "cpu.png"}
+    for path in written:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert path.stat().st_size > 5_000
+
+
+def test_charts_of_empty_results(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    assert rr.charts({"steps": {}}, tmp_path) == []
