@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import gzip
 import json
 import os
 import re
@@ -264,30 +263,33 @@ def wrk(url: str, seconds: int, connections: int, script: str, *args: object) ->
     return result
 
 
-def k6(script: str, url: str, env: Mapping[str, str], timeout: int, work: Path) -> dict[str, Any]:
-    """One k6 scenario; its summary (failed, percentiles, req/s) and a per-second timeline."""
+def k6(
+    script: str,
+    url: str,
+    env: Mapping[str, str],
+    timeout: int,
+    work: Path,
+    replica_ports: Mapping[str, int],
+) -> dict[str, Any]:
+    """One k6 scenario: its summary (failed, percentiles, req/s) and a per-second timeline.
+
+    The timeline is sampled, not taken from k6's per-request output (at 3,000 VUs that output
+    costs k6 a large share of a core on the machine under test): VUs from k6's REST API, req/s
+    and p95 from the replicas' own request counters and latency histograms."""
     work.mkdir(parents=True, exist_ok=True)
-    summary, points = work / f"{script}-summary.json", work / f"{script}-points.json.gz"
+    summary = work / f"{script}-summary.json"
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     with contextlib.suppress(ValueError, OSError):  # one open file per VU connection
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    cmd = [
-        str(K6),
-        "run",
-        "--no-usage-report",
-        "--quiet",
-        "--summary-trend-stats",
-        "avg,med,p(95),p(99),max",
-        "--summary-export",
-        str(summary),
-        "--out",
-        f"json={points}",
-        f"k6/{script}.js",
-    ]
+    api_port = free_port()
+    cmd = [str(K6), "run", "--no-usage-report", "--quiet", "--address", f"127.0.0.1:{api_port}",
+           "--summary-trend-stats", "avg,med,p(95),p(99),max",
+           "--summary-export", str(summary), f"k6/{script}.js"]  # fmt: skip
     k6_env = {**os.environ, "BASE_URL": url, **env}
-    done = subprocess.run(
-        cmd, cwd=ROOT, env=k6_env, capture_output=True, text=True, timeout=timeout
-    )
+    with Timeline(replica_ports, api_port) as line:
+        done = subprocess.run(
+            cmd, cwd=ROOT, env=k6_env, capture_output=True, text=True, timeout=timeout
+        )
     if done.returncode not in (0, 99):  # 99: a threshold crossed, which the report shows
         raise RuntimeError(f"k6 {script} exited {done.returncode}:\n{done.stderr[-2000:]}")
     metrics = json.loads(summary.read_text())["metrics"]
@@ -303,39 +305,70 @@ def k6(script: str, url: str, env: Mapping[str, str], timeout: int, work: Path) 
         "max_ms": duration["max"],
         "thresholds_passed": done.returncode == 0,
     }
-    return {"run": run, "timeline": timeline(points)}
+    return {"run": run, "timeline": line.points}
 
 
-def timeline(points: Path) -> list[dict[str, float]]:
-    """k6's JSON points per second: requests, p95 of http_req_duration, VUs."""
-    reqs: dict[int, list[float]] = {}
-    vus: dict[int, float] = {}
-    start: float | None = None
-    with gzip.open(points, "rt") as f:
-        for line in f:
-            if '"Point"' not in line:
-                continue
-            point = json.loads(line)
-            metric = point["metric"]
-            if metric not in ("http_req_duration", "vus"):
-                continue
-            moment = datetime.datetime.fromisoformat(point["data"]["time"]).timestamp()
-            start = moment if start is None else min(start, moment)
-            second = int(moment)
-            if metric == "vus":
-                vus[second] = max(vus.get(second, 0), point["data"]["value"])
-            else:
-                reqs.setdefault(second, []).append(point["data"]["value"])
-    if start is None:
-        return []
-    out = []
-    for second in range(int(start), max([*reqs, *vus]) + 1):
-        values = sorted(reqs.get(second, []))
-        p95 = values[min(len(values) - 1, int(0.95 * len(values)))] if values else 0.0
-        out.append(
-            {"t": second - int(start), "rps": len(values), "p95_ms": p95, "vus": vus.get(second, 0)}
-        )
+def student_histogram(samples: Mapping[str, float]) -> dict[float, float]:
+    """Cumulative counts per upper bound of /students/{id}'s latency histogram, from scrape()."""
+    out: dict[float, float] = {}
+    for key, value in samples.items():
+        if key.startswith("surge_http_request_duration_seconds_bucket{") and (
+            'route="/students/{id}"' in key
+        ):
+            match = re.search(r'le="([^"]+)"', key)
+            if match:
+                le = float(match[1])
+                out[le] = out.get(le, 0.0) + value
     return out
+
+
+class Timeline:
+    """Once a second: k6's VUs (REST API) and the replicas' req/s and p95 (their histograms)."""
+
+    def __init__(self, replica_ports: Mapping[str, int], k6_port: int) -> None:
+        self.ports = dict(replica_ports)
+        self.k6_port = k6_port
+        self.points: list[dict[str, float]] = []
+        self._stop = threading.Event()
+
+    def _state(self) -> dict[float, float]:
+        total: dict[float, float] = {}
+        for port in self.ports.values():
+            for le, count in student_histogram(scrape(port)).items():
+                total[le] = total.get(le, 0.0) + count
+        return total
+
+    def _vus(self) -> float:
+        try:
+            url = f"http://127.0.0.1:{self.k6_port}/v1/status"
+            with urllib.request.urlopen(url, timeout=0.5) as r:
+                return float(json.load(r)["data"]["attributes"]["vus"])
+        except (OSError, ValueError, KeyError):
+            return 0.0
+
+    def _run(self) -> None:
+        start = previous_t = time.monotonic()
+        previous = self._state()
+        while not self._stop.wait(1.0):
+            now, state = time.monotonic(), self._state()
+            delta = {le: state.get(le, 0.0) - previous.get(le, 0.0) for le in state}
+            count = delta.get(float("inf"), 0.0)
+            self.points.append({
+                "t": round(now - start, 1),
+                "rps": count / max(now - previous_t, 1e-6),
+                "p95_ms": report_render.histogram_quantile(delta, 0.95) * 1000,
+                "vus": self._vus(),
+            })  # fmt: skip
+            previous, previous_t = state, now
+
+    def __enter__(self) -> Timeline:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
 
 
 # -- what runs --------------------------------------------------------------------------------
@@ -543,7 +576,7 @@ class Bench:
         groups, ports = self.top.groups()
         k6_env = {"SURGE_STUDENTS": str(self.settings.students), **env}
         with Measure({**groups, **self.stores}, ports) as m:
-            out = k6(script, self.top.url, k6_env, self.p["k6_timeout"], self.work / "k6")
+            out = k6(script, self.top.url, k6_env, self.p["k6_timeout"], self.work / "k6", ports)
         run = m.attach(out["run"], "k6")
         say(
             f"{script}: {run['rps']:,.0f} req/s, failed {run['errors']:.0f}, "

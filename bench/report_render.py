@@ -112,6 +112,26 @@ def targets(results: Mapping[str, Any]) -> list[Target]:
     return out
 
 
+def histogram_quantile(cumulative: Mapping[float, float], q: float) -> float:
+    """The q-quantile of a Prometheus histogram's cumulative bucket counts {upper bound: count},
+    interpolated linearly inside the bucket it falls in (as PromQL's histogram_quantile); 0
+    without observations; the highest finite bound when it falls in +Inf."""
+    bounds = sorted(cumulative)
+    total = cumulative.get(float("inf"), cumulative[bounds[-1]] if bounds else 0.0)
+    if total <= 0:
+        return 0.0
+    rank, lower, below = q * total, 0.0, 0.0
+    for bound in bounds:
+        count = cumulative[bound]
+        if count >= rank:
+            if bound == float("inf"):
+                return lower
+            inside = count - below
+            return lower + (bound - lower) * ((rank - below) / inside if inside else 1.0)
+        lower, below = bound, count
+    return lower
+
+
 # -- which tier saturated first ---------------------------------------------------------------
 
 
@@ -382,12 +402,12 @@ def charts(results: Mapping[str, Any], out_dir: Path) -> list[Path]:
             ax.set_ylabel("req/s")
             ax.set_xlabel("seconds")
             ax2 = ax.twinx()
-            ax2.plot(t, [p["p95_ms"] for p in points], color="tab:red", label="p95 ms")
+            ax2.plot(t, [p["p95_ms"] for p in points], color="tab:red", label="p95 ms (replicas)")
             ax2.plot(
                 t, [p["vus"] / 10 for p in points], color="tab:gray", ls="--", label="VUs / 10"
             )
             ax2.set_ylabel("p95 ms, VUs / 10")
-            ax.set_title(f"k6 {name}: per second")
+            ax.set_title(f"k6 {name}: per second (req/s and p95 from the replicas)")
             lines = ax.get_legend_handles_labels()
             lines2 = ax2.get_legend_handles_labels()
             ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="upper left")
@@ -397,7 +417,9 @@ def charts(results: Mapping[str, Any], out_dir: Path) -> list[Path]:
     if cpu_runs:
         kinds: list[str] = []
         for _, cpu in cpu_runs:
-            kinds += [process_kind(n) for n in cpu if process_kind(n) not in kinds]
+            for name in cpu:
+                if process_kind(name) not in kinds:
+                    kinds.append(process_kind(name))
         fig, ax = plt.subplots(figsize=(9, 1.5 + 0.35 * len(cpu_runs)))
         left = [0.0] * len(cpu_runs)
         for kind in kinds:

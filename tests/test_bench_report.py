@@ -178,3 +178,34 @@ def test_charts_are_written_as_png(tmp_path: Path) -> None:
 def test_charts_of_empty_results(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     assert rr.charts({"steps": {}}, tmp_path) == []
+
+
+def test_histogram_quantile_interpolates_like_promql() -> None:
+    inf = float("inf")
+    buckets = {0.001: 50.0, 0.005: 90.0, 0.01: 100.0, inf: 100.0}
+    assert rr.histogram_quantile(buckets, 0.5) == pytest.approx(0.001)
+    assert rr.histogram_quantile(buckets, 0.7) == pytest.approx(0.001 + 0.004 * 20 / 40)
+    assert rr.histogram_quantile(buckets, 0.95) == pytest.approx(0.005 + 0.005 * 0.5)
+    assert rr.histogram_quantile({0.01: 0.0, inf: 0.0}, 0.95) == 0.0
+    assert rr.histogram_quantile({0.01: 1.0, inf: 10.0}, 0.95) == pytest.approx(0.01)
+
+
+def test_cpu_chart_stacks_each_kind_of_process_once(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    seen: list[str] = []
+    original = plt.Axes.barh
+
+    def spy(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.get_title() == "" and "label" in kwargs and "left" in kwargs:
+            seen.append(kwargs["label"])
+        return original(self, *args, **kwargs)
+
+    plt.Axes.barh = spy  # type: ignore[method-assign]
+    try:
+        rr.charts(json.loads(json.dumps(SAMPLE)), tmp_path)
+    finally:
+        plt.Axes.barh = original  # type: ignore[method-assign]
+    assert sorted(seen) == sorted(set(seen))
+    assert {"api", "bare", "nginx", "k6"} <= set(seen)
