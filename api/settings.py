@@ -34,7 +34,7 @@ class Settings:
     redis_pool_size: int = 256
     """Redis connections per replica; matches the replica's concurrency cap (backpressure)."""
     redis_breaker_failures: int = 3
-    """Consecutive Redis failures that open the circuit (stop asking Redis)."""
+    """Consecutive Redis errors that open the circuit (stop asking Redis); timeouts do not count."""
     redis_breaker_cooldown: float = 2.0
     """Seconds the circuit stays open before one request tries Redis again."""
 
