@@ -150,14 +150,24 @@ def store_pids(settings: Settings) -> dict[str, list[int]]:
 class Measure:
     """CPU per process group and the replicas' store metrics over one load run."""
 
-    def __init__(self, groups: Mapping[str, list[int]], metric_ports: Mapping[str, int]) -> None:
-        self.groups = groups
+    def __init__(
+        self,
+        groups: Mapping[str, list[int]],
+        metric_ports: Mapping[str, int],
+        rediscover: Callable[[], Mapping[str, list[int]]] | None = None,
+    ) -> None:
+        """groups: pids per process name, fixed; rediscover: more groups, looked up again at
+        the end (Postgres forks a backend per new pool connection during a run)."""
+        self.rediscover = rediscover or dict
+        self.groups = {**groups, **self.rediscover()}
         self.ports = metric_ports
         self._stop = threading.Event()
         self.waiting_max = 0.0
 
     def __enter__(self) -> Measure:
-        self.before = {name: cpu_seconds(pids) for name, pids in self.groups.items()}
+        self.before = {
+            name: {pid: cpu_seconds([pid]) for pid in pids} for name, pids in self.groups.items()
+        }
         self.children = resource.getrusage(resource.RUSAGE_CHILDREN)
         self.busy = busy_seconds()
         self.metrics_before = {n: scrape(p) for n, p in self.ports.items()}
@@ -176,10 +186,13 @@ class Measure:
         self.wall = max(time.monotonic() - self.started, 1e-6)
         self._stop.set()
         self._thread.join(timeout=5)
-        self.cpu = {
-            name: (cpu_seconds(pids) - self.before[name]) / self.wall
-            for name, pids in self.groups.items()
-        }
+        groups = {**self.groups, **self.rediscover()}
+        self.cpu = {}
+        for name, pids in groups.items():
+            before = self.before.get(name, {})
+            # a process born during the run counts from 0; one that ended is lost (short-lived)
+            used = sum(cpu_seconds([pid]) - before.get(pid, 0.0) for pid in pids)
+            self.cpu[name] = max(0.0, used) / self.wall
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         used = after.ru_utime - self.children.ru_utime + after.ru_stime - self.children.ru_stime
         self.cpu["loadgen"] = used / self.wall
@@ -495,7 +508,7 @@ class Bench:
         self.p = profile
         self.work = work
         self.last_id = FIRST_STUDENT + settings.students - 1
-        self.stores = store_pids(settings)
+        self.stores = lambda: store_pids(settings)
         self._top: Topology | None = None
         from stack.launcher import default_replicas
 
@@ -518,7 +531,7 @@ class Bench:
         load: Callable[[], dict[str, Any]],
         loadgen: str,
     ) -> dict[str, Any]:
-        with Measure({**groups, **self.stores}, ports) as m:
+        with Measure(groups, ports, self.stores) as m:
             run = load()
         return m.attach(run, loadgen)
 
@@ -575,7 +588,7 @@ class Bench:
         self.top.scale(self.default_replicas)
         groups, ports = self.top.groups()
         k6_env = {"SURGE_STUDENTS": str(self.settings.students), **env}
-        with Measure({**groups, **self.stores}, ports) as m:
+        with Measure(groups, ports, self.stores) as m:
             out = k6(script, self.top.url, k6_env, self.p["k6_timeout"], self.work / "k6", ports)
         run = m.attach(out["run"], "k6")
         say(
@@ -690,7 +703,7 @@ class Bench:
             rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in apps}
             for i in range(self.p["rounds"]):
                 for name in list(apps)[:: 1 if i % 2 == 0 else -1]:
-                    groups = {"api-1": children_of(procs[name].pid), **self.stores}
+                    groups = {"api-1": children_of(procs[name].pid)}
                     metric_ports = {"api-1": ports[name]} if name == "metrics on" else {}
                     run = self.measured(
                         groups,

@@ -65,8 +65,10 @@ class Target:
             return f"met: {measured} ({sign} {goal})"
         if self.goal == 0:
             return f"**missed**: {measured} ({sign} {goal})"
-        gap = f"{self.gap * 100:.1f} points" if self.unit == "%" else fmt(self.gap, self.unit)
-        return f"**missed by {gap} ({self.gap_ratio:.0%} of the goal)**: {measured} ({sign} {goal})"
+        if self.unit == "%":  # a share: the gap in percentage points says it best
+            return f"**missed by {self.gap * 100:.1f} points**: {measured} ({sign} {goal})"
+        gap = f"{fmt(self.gap, self.unit)} ({self.gap_ratio:.0%} of the goal)"
+        return f"**missed by {gap}**: {measured} ({sign} {goal})"
 
 
 def fmt(value: float, unit: str = "") -> str:
@@ -165,7 +167,8 @@ def saturation(run: Mapping[str, Any], nproc: int) -> str:
         for name, cores in cpu.items()
         if process_kind(name) in SINGLE_THREADED and cores >= SATURATED
     ]
-    busiest = max(cpu.items(), key=lambda kv: kv[1])
+    ours = {k: v for k, v in cpu.items() if k != "other"} or cpu
+    busiest = max(ours.items(), key=lambda kv: kv[1])
     if hot:
         cores, name = max(hot)
         verdict = f"{name} saturated its core ({cores:.2f} cores)"
@@ -174,6 +177,8 @@ def saturation(run: Mapping[str, Any], nproc: int) -> str:
             f"the machine's {nproc} cores were saturated ({total:.2f} busy); the largest share: "
             f"{busiest[0]} ({busiest[1]:.2f} cores)"
         )
+        if cpu.get("other", 0) >= 0.25:
+            verdict += f"; other work on the machine took {cpu['other']:.2f} cores (noise)"
     else:
         verdict = (
             f"no tier saturated (busiest: {busiest[0]}, {busiest[1]:.2f} cores; "

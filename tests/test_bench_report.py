@@ -106,7 +106,7 @@ def test_targets_met_and_missed_by_how_much() -> None:
 def test_cold_pass_is_measured_against_forty_percent_of_warm() -> None:
     target = by_name(SAMPLE)[("cold", "cold pass / warm rate")]  # 1,800 of 6,000: 30%
     assert target.gap == pytest.approx(0.10)
-    assert "missed by 10.0 points (25% of the goal)" in target.describe()
+    assert "missed by 10.0 points**: 30.0% (≥ 40.0%)" in target.describe()
     results = copy.deepcopy(SAMPLE)
     results["steps"]["cold"]["runs"]["cold pass"]["rps"] = 3000
     target = by_name(results)[("cold", "cold pass / warm rate")]
