@@ -1,5 +1,6 @@
 """The surge API: `create_app()` builds it; Granian serves it (`--interface asgi --factory`)."""
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -83,6 +84,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
         await lookup.open()
+        # Everything built so far (app, routes, schema, pools) lives as long as the process:
+        # out of the collector's sight, full collections stop rescanning it under load.
+        gc.freeze()
         try:
             yield
         finally:

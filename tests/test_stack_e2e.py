@@ -16,6 +16,8 @@ import os
 import random
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from k6_runner import EXPORT_IDS, K6, KINDS, assert_all_checks_passed, output, run_k6
 from stack_fixture import FIRST_ID, STUDENTS, LocalStack, leftovers, run_local_stack
 
 from stack.launcher import ROOT, Layout, default_replicas, replica_count
@@ -261,6 +264,25 @@ def test_prometheus_scrapes_every_target(stack: LocalStack) -> None:
     query = "sum(nginx_up) + sum(redis_up) + sum(pg_up)"
     value = httpx.get(f"{base}/api/v1/query", params={"query": query}, timeout=5).json()
     assert value["data"]["result"][0]["value"][1] == "3", value
+
+
+def test_k6_smoke_passes_through_nginx(stack: LocalStack, tmp_path: Path) -> None:
+    """CI's k6 smoke: the real scenario through nginx, failing when its thresholds fail."""
+    ids = tmp_path / "booking-ids.json"
+    database_url = f"postgresql://surge@{HOST}:{stack.layout.pg_port}/surge"
+    export = subprocess.run(
+        [sys.executable, str(EXPORT_IDS), "--count", "200", "--out", str(ids)],
+        cwd=ROOT,
+        env={**os.environ, "SURGE_DATABASE_URL": database_url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert export.returncode == 0, export.stderr
+    env = {"BASE_URL": stack.url, "SURGE_STUDENTS": str(STUDENTS), "BOOKING_IDS": str(ids)}
+    done, summary = run_k6(K6, "smoke.js", tmp_path, env)
+    assert done.returncode == 0, output(done)
+    assert_all_checks_passed(summary, KINDS)
 
 
 def test_down_leaves_no_process_behind(stack: LocalStack) -> None:
