@@ -61,6 +61,7 @@ from bench import report_render  # noqa: E402
 from bench.api import APPS as DIRECT_APPS  # noqa: E402
 from bench.api import answers  # noqa: E402
 from bench.machine import machine  # noqa: E402
+from bench.replicas import Topology as LauncherTopology  # noqa: E402
 from stack.nginx import NginxServer, local_values  # noqa: E402
 from stack.servers import free_port, granian_command, group_members, wait_for  # noqa: E402
 
@@ -387,42 +388,13 @@ class Timeline:
 # -- what runs --------------------------------------------------------------------------------
 
 
-class Topology:
-    """The launcher's nginx + replicas in a temp run dir on free ports, on the existing stores."""
+class Topology(LauncherTopology):
+    """bench/replicas.py's launcher stack, with one process group per replica and scaling that
+    skips a change to the count it already has."""
 
     def __init__(self, settings: Settings) -> None:
-        from stack.launcher import Layout, spare_env
-
-        self.run = Path(tempfile.mkdtemp(prefix="surge-bench-report-"))
-        self.run.chmod(0o755)
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("SURGE_")}
-        self.env.update(spare_env(self.run))
-        self.env.update(
-            {
-                "SURGE_DATABASE_URL": settings.database_url,
-                "SURGE_REDIS_URL": settings.redis_url,
-                "SURGE_STUDENTS": str(settings.students),
-                "SURGE_BOOKINGS": str(settings.bookings),
-                "SURGE_SEED": str(settings.seed),
-                "SURGE_RATE_LIMIT": "off",
-                "SURGE_MONITORING": "off",
-            }
-        )
-        self.layout = Layout.from_env(self.env)
-        self.url = f"http://127.0.0.1:{self.layout.http_port}"
+        super().__init__(settings)
         self.replicas = 0
-
-    def launcher(self, *args: str, **env: str) -> None:
-        done = subprocess.run(
-            [sys.executable, "-m", "stack", *args],
-            cwd=ROOT,
-            env={**self.env, **env},
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"stack {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
 
     def scale(self, n: int) -> None:
         if n != self.replicas:
