@@ -211,6 +211,16 @@ def why(target: Target, results: Mapping[str, Any]) -> str:
                 f"surge's replicas spent {per_req:.0f} µs of CPU per request, the bare "
                 f"handler's {bare_per_req:.0f} µs"
             )
+    timeline = step.get("timeline") or []
+    if target.name.startswith("p") and timeline:
+        # k6 times each request from the client; the replicas time it from their side. When
+        # theirs stays small, the wait was outside the replicas.
+        served = max((point["p95_ms"] for point in timeline), default=0.0)
+        reasons.append(
+            f"the replicas' own p95 stayed ≤ {served:.1f} ms in every second of the run, so the "
+            "time was spent outside them: in nginx, the network stack, or the load generator "
+            "(k6, on the same 2 cores)"
+        )
     if run.get("errors"):
         reasons.append(f"{run['errors']:.0f} errors ({run.get('error_detail', 'see the log')})")
     lookups = run.get("store", {}).get("lookups", {})

@@ -141,6 +141,12 @@ def test_why_is_computed_for_a_missed_target() -> None:
     assert rr.why(by_name(SAMPLE)[("fixed", "surge errors")], SAMPLE) == ""
 
 
+def test_a_latency_miss_compares_with_the_replicas_own_p95() -> None:
+    p95 = by_name(SAMPLE)[("ramp", "p95")]
+    assert not p95.met
+    assert "the replicas' own p95 stayed ≤ 19.0 ms" in rr.why(p95, SAMPLE)
+
+
 def test_markdown_has_targets_steps_failures_and_machine() -> None:
     text = rr.markdown(SAMPLE, ["2026-11-23/rps.png"])
     assert text.startswith("# Benchmark report (2026-11-23)")
