@@ -62,6 +62,7 @@ from bench.api import APPS as DIRECT_APPS  # noqa: E402
 from bench.api import answers  # noqa: E402
 from bench.machine import machine  # noqa: E402
 from bench.replicas import Topology as LauncherTopology  # noqa: E402
+from bench.replicas import busy_cores_seconds, cpu_seconds  # noqa: E402
 from stack.nginx import NginxServer, local_values  # noqa: E402
 from stack.servers import free_port, granian_command, group_members, wait_for  # noqa: E402
 
@@ -100,23 +101,6 @@ QUICK = {
 
 
 # -- CPU per process --------------------------------------------------------------------------
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime + stime
-    return total / CLK_TCK
-
-
-def busy_seconds() -> float:
-    """CPU time the whole machine spent busy (all cores, /proc/stat)."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    return (sum(fields[:8]) - fields[3] - fields[4]) / CLK_TCK
 
 
 def children_of(pid: int) -> list[int]:
@@ -170,7 +154,7 @@ class Measure:
             name: {pid: cpu_seconds([pid]) for pid in pids} for name, pids in self.groups.items()
         }
         self.children = resource.getrusage(resource.RUSAGE_CHILDREN)
-        self.busy = busy_seconds()
+        self.busy = busy_cores_seconds()
         self.metrics_before = {n: scrape(p) for n, p in self.ports.items()}
         self.started = time.monotonic()
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -198,7 +182,7 @@ class Measure:
         used = after.ru_utime - self.children.ru_utime + after.ru_stime - self.children.ru_stime
         self.cpu["loadgen"] = used / self.wall
         self.cpu["other"] = max(
-            0.0, (busy_seconds() - self.busy) / self.wall - sum(self.cpu.values())
+            0.0, (busy_cores_seconds() - self.busy) / self.wall - sum(self.cpu.values())
         )
         self.store = {"pool_waiting_max": self.waiting_max, "store_errors": 0.0, "lookups": {}}
         for name, port in self.ports.items():

@@ -174,3 +174,31 @@ def api_url(settings: Settings, seeded: Any) -> Iterator[str]:
     finally:
         replica.terminate()
         replica.wait(timeout=30)
+
+
+@pytest.fixture
+def pg(settings: Settings) -> Iterator[Any]:
+    """A psycopg connection to the session's Postgres (autocommit)."""
+    import psycopg
+
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture
+def rds(settings: Settings) -> Iterator[Any]:
+    """A redis-py client of the session's Redis."""
+    import redis
+
+    client = redis.Redis.from_url(settings.redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def restore(settings: Settings) -> Iterator[None]:
+    """Leave the stores holding the session's dataset, whatever the test did to them."""
+    from seeder import seed
+
+    yield
+    seed(settings)

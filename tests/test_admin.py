@@ -7,9 +7,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
-import redis
 from litestar.testing import TestClient
 
 from api.app import create_app
@@ -25,19 +23,6 @@ PROBLEM_TYPE = "application/problem+json"
 def client(settings, seeded) -> Iterator[TestClient]:
     with TestClient(app=create_app(dataclasses.replace(settings, admin_token=TOKEN))) as client:
         yield client
-
-
-@pytest.fixture(scope="module")
-def pg(settings) -> Iterator[psycopg.Connection]:
-    with psycopg.connect(settings.database_url, autocommit=True) as conn:
-        yield conn
-
-
-@pytest.fixture(scope="module")
-def rds(settings) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(settings.redis_url)
-    yield client
-    client.close()
 
 
 ADMIN_REQUESTS = [

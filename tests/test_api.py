@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import random
 
-import psycopg
 import pytest
-import redis
 from litestar.testing import TestClient
 
 from api.app import create_app
@@ -19,19 +17,6 @@ PROBLEM_TYPE = "application/problem+json"
 def client(settings, seeded):
     with TestClient(app=create_app(settings)) as client:
         yield client
-
-
-@pytest.fixture(scope="module")
-def pg(settings):
-    with psycopg.connect(settings.database_url, autocommit=True) as conn:
-        yield conn
-
-
-@pytest.fixture(scope="module")
-def rds(settings):
-    client = redis.Redis.from_url(settings.redis_url)
-    yield client
-    client.close()
 
 
 def sample_ids(pg, dataset: Dataset, count: int) -> list:

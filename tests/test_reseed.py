@@ -10,7 +10,6 @@ from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
-import redis
 from litestar.testing import TestClient
 
 from api.app import create_app
@@ -28,26 +27,6 @@ DEADLINE_S = 60.0
 def client(settings, seeded) -> Iterator[TestClient]:
     with TestClient(app=create_app(settings)) as client:
         yield client
-
-
-@pytest.fixture
-def pg(settings) -> Iterator[psycopg.Connection]:
-    with psycopg.connect(settings.database_url, autocommit=True) as conn:
-        yield conn
-
-
-@pytest.fixture
-def rds(settings) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(settings.redis_url)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def restore(settings) -> Iterator[None]:
-    """Put the session's dataset back, whatever the test reseeded."""
-    yield
-    seed(settings)
 
 
 def ids_of(pg: psycopg.Connection, dataset: Dataset, count: int) -> list:

@@ -12,7 +12,6 @@ import random
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -24,26 +23,6 @@ from seeder.cli import main
 from seeder.redis_fill import MARKER_KEY, key_pattern, live_version
 
 TABLES = ("subjects", "students", "student_scores", "events", "shows", "zones", "bookings")
-
-
-@pytest.fixture
-def pg(settings) -> Iterator[psycopg.Connection]:
-    with psycopg.connect(settings.database_url, autocommit=True) as conn:
-        yield conn
-
-
-@pytest.fixture
-def rds(settings) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(settings.redis_url)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def restore(settings) -> Iterator[None]:
-    """Leave the stores holding the session's dataset, whatever the test did to them."""
-    yield
-    seed(settings)
 
 
 def checksums(pg: psycopg.Connection) -> dict[str, str]:
