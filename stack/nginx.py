@@ -33,6 +33,8 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from string import Template
 
+from stack.servers import child_pids
+
 TEMPLATE = Path(__file__).resolve().parent.parent / "nginx" / "nginx.conf.template"
 """The one nginx config of the project (compose mounts the same file)."""
 
@@ -170,19 +172,6 @@ def _pid_alive(pid: int) -> bool:
     except OSError:
         return True
     return state != "Z"
-
-
-def _children(pid: int) -> set[int]:
-    """Live child pids of a process (Linux /proc); empty where there is no /proc."""
-    kids = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            kids.add(int(stat.parent.name))
-    return kids
 
 
 def _die_with_parent() -> Callable[[], None] | None:
@@ -369,13 +358,13 @@ class NginxServer:
         if values is not None:
             self.values = dict(values)
         self.check()
-        before = _children(pid)
+        before = child_pids(pid)
         os.kill(pid, signal.SIGHUP)
         if not before:
             return  # no /proc: cannot see workers change
         deadline = time.monotonic() + timeout
         while True:
-            now = _children(pid)
+            now = child_pids(pid)
             if now and not (now & before) and self.answers():
                 return
             if time.monotonic() > deadline:
@@ -390,7 +379,7 @@ class NginxServer:
         if pid is None:
             self._reap()
             return
-        workers = _children(pid)
+        workers = child_pids(pid)
         for sig, wait in ((signal.SIGQUIT, timeout), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
             if sig == signal.SIGKILL:
                 for worker in workers:

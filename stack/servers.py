@@ -31,7 +31,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -213,18 +213,29 @@ def wait_gone(pid: int, timeout: float, popen: subprocess.Popen[bytes] | None = 
         time.sleep(0.02)
 
 
+def _live_processes() -> Iterator[tuple[int, list[str]]]:
+    """(pid, fields of /proc/PID/stat after the command name) of every live process (Linux).
+
+    Fields: 0 state, 1 parent pid, 2 process group. Zombies are left out."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the process ended while we looked
+        if fields[0] != "Z":
+            yield int(stat.parent.name), fields
+
+
+def child_pids(pid: int) -> set[int]:
+    """Live children of a process (Linux /proc); empty where there is no /proc."""
+    return {child for child, fields in _live_processes() if int(fields[1]) == pid}
+
+
 def group_members(pgid: int) -> list[int]:
     """Live processes in a process group (Linux: read from /proc; elsewhere: ask `ps`)."""
-    members = []
     if Path("/proc/self/stat").exists():
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                members.append(int(stat.parent.name))
-        return members
+        return [pid for pid, fields in _live_processes() if int(fields[2]) == pgid]
+    members = []
     with contextlib.suppress(OSError):
         out = subprocess.run(["ps", "-A", "-o", "pid=,pgid="], capture_output=True, text=True)
         for line in out.stdout.splitlines():

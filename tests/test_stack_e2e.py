@@ -31,7 +31,7 @@ from k6_runner import EXPORT_IDS, K6, KINDS, assert_all_checks_passed, output, r
 from stack_fixture import FIRST_ID, STUDENTS, LocalStack, leftovers, run_local_stack
 
 from stack.launcher import ROOT, Layout, default_replicas, replica_count
-from stack.servers import HOST, ServerError
+from stack.servers import HOST, ServerError, child_pids
 
 REPLICAS = 3
 PROBLEM = "application/problem+json"
@@ -156,7 +156,7 @@ def test_the_killed_replica_rejoins_after_up(stack: LocalStack) -> None:
     if victim.is_live():
         os.killpg(victim.pid, signal.SIGKILL)
     nginx = stack.record("nginx")
-    workers = _children(nginx.pid)
+    workers = child_pids(nginx.pid)
     others = {name: stack.record(name).pid for name in ("prometheus", "api-1", "api-3")}
 
     done = stack.launcher("up")  # safe to repeat: starts only what is missing
@@ -179,7 +179,7 @@ def test_the_killed_replica_rejoins_after_up(stack: LocalStack) -> None:
             for line in lines
         )
     assert seen, "nginx never sent a request to the restarted replica"
-    assert stack.record("nginx").pid == nginx.pid and _children(nginx.pid) == workers
+    assert stack.record("nginx").pid == nginx.pid and child_pids(nginx.pid) == workers
 
 
 def test_restart_is_graceful_under_load(stack: LocalStack) -> None:
@@ -294,18 +294,6 @@ def test_down_leaves_no_process_behind(stack: LocalStack) -> None:
     assert stack.pids.all() == []
     again = stack.launcher("down")
     assert again.returncode == 0 and "nothing to stop" in again.stdout
-
-
-def _children(pid: int) -> set[int]:
-    kids = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            kids.add(int(stat.parent.name))
-    return kids
 
 
 # ---------------------------------------------------------------------------------------------
