@@ -17,23 +17,21 @@ runs in its own session and is found again later from its pid file (NginxServer(
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
 import re
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from string import Template
 
-from stack.servers import child_pids
+from stack.servers import attach, child_pids, detach, die_with_parent, pid_alive
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "nginx" / "nginx.conf.template"
 """The one nginx config of the project (compose mounts the same file)."""
@@ -160,45 +158,6 @@ def _address(listen: str) -> tuple[str, int]:
     return (host or "127.0.0.1").strip("[]"), int(port)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return True
-    return state != "Z"
-
-
-def _die_with_parent() -> Callable[[], None] | None:
-    """Linux: a preexec_fn that has the kernel SIGTERM the nginx master when we die (a fast
-    shutdown that takes its workers along). libc is loaded here, before the fork."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-
-    def preexec() -> None:  # pragma: no cover - runs in the child between fork and exec
-        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
-
-    return preexec
-
-
-_attached: set[NginxServer] = set()
-
-
-@atexit.register
-def _stop_attached() -> None:
-    for server in list(_attached):
-        with contextlib.suppress(Exception):
-            server.stop()
-
-
 class NginxServer:
     """One nginx master (foreground, `daemon off`) running the rendered template under prefix.
 
@@ -306,7 +265,7 @@ class NginxServer:
                     return None  # the pid was reused by another program
             except OSError:
                 return None
-        return pid if _pid_alive(pid) else None
+        return pid if pid_alive(pid) else None
 
     @property
     def running(self) -> bool:
@@ -334,10 +293,10 @@ class NginxServer:
                 stderr=log,
                 start_new_session=detached,
                 # A preexec_fn is only safe to fork from the main thread.
-                preexec_fn=_die_with_parent() if attached_on_main else None,
+                preexec_fn=die_with_parent(signal.SIGTERM) if attached_on_main else None,
             )
         if not detached:
-            _attached.add(self)
+            attach(self)
         deadline = time.monotonic() + timeout
         while not (self.answers() and self.pid_path.exists()):
             if self._proc.poll() is not None:
@@ -397,14 +356,14 @@ class NginxServer:
             if self._proc is not None:
                 if self._proc.poll() is not None:
                     return True
-            elif not _pid_alive(pid):
+            elif not pid_alive(pid):
                 return True
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.02)
 
     def _reap(self) -> None:
-        _attached.discard(self)
+        detach(self)
         if self._proc is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._proc.wait(timeout=1)

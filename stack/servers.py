@@ -301,7 +301,7 @@ def _is_root() -> bool:
     return hasattr(os, "geteuid") and os.geteuid() == 0
 
 
-def _pdeathsig(sig: int) -> Callable[[], None] | None:
+def die_with_parent(sig: int) -> Callable[[], None] | None:
     """A preexec_fn that makes the kernel send `sig` to the child when we die (Linux only)."""
     if not sys.platform.startswith("linux"):
         return None
@@ -338,6 +338,17 @@ def _stop_attached() -> None:
 
 
 atexit.register(_stop_attached)
+
+
+def attach(server: _Stoppable) -> None:
+    """Stop `server` at interpreter exit unless it was stopped before (see detach)."""
+    with _ATTACHED_LOCK:
+        _ATTACHED.add(server)
+
+
+def detach(server: _Stoppable) -> None:
+    with _ATTACHED_LOCK:
+        _ATTACHED.discard(server)
 
 
 class _Server:
@@ -385,7 +396,7 @@ class _Server:
         on_main_thread = threading.current_thread() is threading.main_thread()
         preexec = None
         if not self.detached and on_main_thread:
-            preexec = _pdeathsig(self.signal_on_parent_death)
+            preexec = die_with_parent(self.signal_on_parent_death)
         with open(self.log_file, "ab") as log:
             log.write(f"--- {time.strftime('%F %T')} starting {self.name}\n".encode())
             log.flush()
@@ -400,8 +411,7 @@ class _Server:
             )
         self._popen = popen
         if not self.detached:
-            with _ATTACHED_LOCK:
-                _ATTACHED.add(self)
+            attach(self)
         return popen
 
     def _child_alive(self) -> bool:
@@ -427,8 +437,7 @@ class _Server:
             with contextlib.suppress(Exception):
                 self._popen.wait(timeout=5)
         self._popen = None
-        with _ATTACHED_LOCK:
-            _ATTACHED.discard(self)
+        detach(self)
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
