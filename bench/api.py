@@ -31,9 +31,9 @@ import redis  # noqa: E402
 from api.contract import STUDENTS  # noqa: E402
 from api.settings import Settings  # noqa: E402
 from bench.machine import machine  # noqa: E402
+from seeder.generate import FIRST_STUDENT_ID  # noqa: E402
 from stack.servers import free_port, granian_command, wait_for  # noqa: E402
 
-FIRST_STUDENT = 10_000
 # name: (app factory, environment it runs with)
 APPS = {
     "surge": ("api.app:create_app", {}),
@@ -54,7 +54,7 @@ def wrk(port: int, seconds: int, connections: int, last_id: int) -> dict[str, fl
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
          "-s", str(ROOT / "bench/random_students.lua"),
-         f"http://127.0.0.1:{port}", "--", str(FIRST_STUDENT), str(last_id)],
+         f"http://127.0.0.1:{port}", "--", str(FIRST_STUDENT_ID), str(last_id)],
         capture_output=True, text=True, check=True, timeout=seconds + 30,
     ).stdout  # fmt: skip
     line = next(line for line in out.splitlines() if line.startswith("JSON "))
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit("wrk is missing: `make deps` installs it")
 
     settings = Settings.from_env()
-    last_id = FIRST_STUDENT + settings.students - 1
+    last_id = FIRST_STUDENT_ID + settings.students - 1
     probe = redis.Redis.from_url(settings.redis_url)
     if probe.hget(*STUDENTS.live_slot(probe, last_id)) is None:
         sys.exit(f"student {last_id} is not in Redis: seed first (`make up`)")
@@ -90,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
             procs.append(
                 subprocess.Popen(cmd, cwd=ROOT, env={**env, **app_env}, stdout=quiet, stderr=quiet)
             )
-            wait_for(lambda p=port: answers(p, f"/students/{FIRST_STUDENT}"), timeout=30, what=name)
+            wait_for(
+                lambda p=port: answers(p, f"/students/{FIRST_STUDENT_ID}"), timeout=30, what=name
+            )
             ports[name] = port
         for port in ports.values():  # warm-up: connections, prepared paths, caches
             wrk(port, 2, args.connections, last_id)

@@ -43,10 +43,10 @@ import redis  # noqa: E402
 from api.contract import STUDENTS  # noqa: E402
 from api.settings import Settings  # noqa: E402
 from bench.machine import machine  # noqa: E402
+from seeder.generate import FIRST_STUDENT_ID  # noqa: E402
 from stack.launcher import Layout, PidFiles, default_replicas, spare_env  # noqa: E402
 from stack.servers import HOST, group_members  # noqa: E402
 
-FIRST_STUDENT = 10_000
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -72,7 +72,7 @@ def wrk(url: str, seconds: int, connections: int, last_id: int) -> dict[str, flo
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
          "-s", str(ROOT / "bench/random_students.lua"), url, "--",
-         str(FIRST_STUDENT), str(last_id)],
+         str(FIRST_STUDENT_ID), str(last_id)],
         capture_output=True, text=True, check=True, timeout=seconds + 30,
     ).stdout  # fmt: skip
     line = next(line for line in out.splitlines() if line.startswith("JSON "))
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit("wrk is missing: `make deps` installs it")
 
     settings = Settings.from_env()
-    last_id = FIRST_STUDENT + settings.students - 1
+    last_id = FIRST_STUDENT_ID + settings.students - 1
     try:
         probe = redis.Redis.from_url(settings.redis_url)
         seeded = probe.hget(*STUDENTS.live_slot(probe, last_id)) is not None

@@ -63,10 +63,10 @@ from bench.api import answers  # noqa: E402
 from bench.machine import machine  # noqa: E402
 from bench.replicas import Topology as LauncherTopology  # noqa: E402
 from bench.replicas import busy_cores_seconds, cpu_seconds  # noqa: E402
+from seeder.generate import FIRST_STUDENT_ID  # noqa: E402
 from stack.nginx import NginxServer, local_values  # noqa: E402
 from stack.servers import free_port, granian_command, group_members, wait_for  # noqa: E402
 
-FIRST_STUDENT = 10_000
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 K6 = ROOT / ".venv/bin/k6"
 OUT = ROOT / "docs/benchmarks"
@@ -422,7 +422,7 @@ class BareTopology:
             )
         for port in self.ports:
             wait_for(
-                lambda p=port: answers(p, f"/students/{FIRST_STUDENT}"),
+                lambda p=port: answers(p, f"/students/{FIRST_STUDENT_ID}"),
                 timeout=30,
                 what="bare handler",
             )
@@ -463,7 +463,7 @@ class Bench:
         self.settings = settings
         self.p = profile
         self.work = work
-        self.last_id = FIRST_STUDENT + settings.students - 1
+        self.last_id = FIRST_STUDENT_ID + settings.students - 1
         self.stores = lambda: store_pids(settings)
         self._top: Topology | None = None
         from stack.launcher import default_replicas
@@ -493,7 +493,7 @@ class Bench:
 
     def surge_wrk(self, script: str = "random_students.lua", *args: int) -> dict[str, Any]:
         groups, ports = self.top.groups()
-        args = args or (FIRST_STUDENT, self.last_id)
+        args = args or (FIRST_STUDENT_ID, self.last_id)
         seconds = self.p["seconds"] if script == "random_students.lua" else 300
         return self.measured(
             groups,
@@ -514,11 +514,11 @@ class Bench:
                     self.p["seconds"],
                     conns,
                     "random_students.lua",
-                    FIRST_STUDENT,
+                    FIRST_STUDENT_ID,
                     self.last_id,
                 )
 
-            wrk(self.top.url, 2, conns, "random_students.lua", FIRST_STUDENT, self.last_id)
+            wrk(self.top.url, 2, conns, "random_students.lua", FIRST_STUDENT_ID, self.last_id)
             bare_run()  # warm-ups
             rounds: dict[str, list[dict[str, Any]]] = {"surge": [], "bare handler": []}
             for i in range(self.p["rounds"]):
@@ -534,9 +534,9 @@ class Bench:
             bare.stop()
         return {
             "how": f"`wrk -t1 -c{conns} -d{self.p['seconds']}s -s bench/random_students.lua` "
-            f"(ids {FIRST_STUDENT:,}..{self.last_id:,}) through one nginx worker (rate limit off) "
-            f"to {n} replica(s) of each; {self.p['rounds']} alternating round(s), the median "
-            "round shown; 2 s warm-up each.",
+            f"(ids {FIRST_STUDENT_ID:,}..{self.last_id:,}) through one nginx worker "
+            f"(rate limit off) to {n} replica(s) of each; {self.p['rounds']} alternating "
+            "round(s), the median round shown; 2 s warm-up each.",
             "runs": {k: median_run(v) for k, v in rounds.items()},
         }
 
@@ -572,14 +572,16 @@ class Bench:
         runs: dict[str, dict[str, Any]] = {}
         client = redis.Redis.from_url(self.settings.redis_url)
         try:
-            runs["warm"] = self.surge_wrk("student_pass.lua", FIRST_STUDENT, self.last_id, count, 1)
+            runs["warm"] = self.surge_wrk(
+                "student_pass.lua", FIRST_STUDENT_ID, self.last_id, count, 1
+            )
             deleted = clear_live_students(client)
             say(f"cold: deleted {deleted:,} live student hashes")
             runs["cold pass"] = self.surge_wrk(
-                "student_pass.lua", FIRST_STUDENT, self.last_id, count, 2
+                "student_pass.lua", FIRST_STUDENT_ID, self.last_id, count, 2
             )
             runs["second pass"] = self.surge_wrk(
-                "student_pass.lua", FIRST_STUDENT, self.last_id, count, 2
+                "student_pass.lua", FIRST_STUDENT_ID, self.last_id, count, 2
             )
             for name, run in runs.items():
                 say(f"cold {name}: {run['rps']:,.0f} req/s, errors {run['errors']:.0f}")
@@ -607,7 +609,7 @@ class Bench:
                     2,
                     self.p["connections"],
                     "random_students.lua",
-                    FIRST_STUDENT,
+                    FIRST_STUDENT_ID,
                     self.last_id,
                 )
                 run = self.surge_wrk()
@@ -644,7 +646,9 @@ class Bench:
                 )
             for name, port in ports.items():
                 wait_for(
-                    lambda p=port: answers(p, f"/students/{FIRST_STUDENT}"), timeout=30, what=name
+                    lambda p=port: answers(p, f"/students/{FIRST_STUDENT_ID}"),
+                    timeout=30,
+                    what=name,
                 )
             url = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
             for name in apps:
@@ -653,7 +657,7 @@ class Bench:
                     2,
                     self.p["connections"],
                     "random_students.lua",
-                    FIRST_STUDENT,
+                    FIRST_STUDENT_ID,
                     self.last_id,
                 )
             rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in apps}
@@ -669,7 +673,7 @@ class Bench:
                             self.p["seconds"],
                             self.p["connections"],
                             "random_students.lua",
-                            FIRST_STUDENT,
+                            FIRST_STUDENT_ID,
                             self.last_id,
                         ),
                         "wrk",
@@ -732,7 +736,7 @@ def reseed(client: redis.Redis, settings: Settings) -> None:
         timeout=900,
         stdout=subprocess.DEVNULL,
     )
-    last = FIRST_STUDENT + settings.students - 1
+    last = FIRST_STUDENT_ID + settings.students - 1
     if client.hget(*STUDENTS.live_slot(client, last)) is None:
         raise RuntimeError(f"after surge-seed, student {last} is still not in Redis")
 
@@ -767,7 +771,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"{K6} is missing: `make deps` installs it")
 
     settings = Settings.from_env()
-    last_id = FIRST_STUDENT + settings.students - 1
+    last_id = FIRST_STUDENT_ID + settings.students - 1
     try:
         probe = redis.Redis.from_url(settings.redis_url)
         seeded = probe.hget(*STUDENTS.live_slot(probe, last_id)) is not None
@@ -795,7 +799,7 @@ def main(argv: list[str] | None = None) -> int:
             "nproc": os.cpu_count() or 1,
             "machine": [list(kv) for kv in machine(settings)],
             "config": {
-                "students": f"{settings.students:,} (ids {FIRST_STUDENT:,}..{last_id:,})",
+                "students": f"{settings.students:,} (ids {FIRST_STUDENT_ID:,}..{last_id:,})",
                 "replicas (default)": str(bench.default_replicas),
                 "nginx": "one worker, rate limit off, the project's template",
                 "Granian": "one worker per replica (stack.servers.granian_command)",

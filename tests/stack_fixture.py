@@ -25,7 +25,6 @@ from stack.launcher import ROOT, Layout, PidFiles, Record, spare_env
 from stack.servers import HOST, kill_group
 
 STUDENTS = 2_000
-FIRST_ID = 10_000
 UP_TIMEOUT = 120
 
 LOG_LINE = re.compile(

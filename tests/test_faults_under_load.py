@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 import redis
-from stack_fixture import FIRST_ID, STUDENTS, LocalStack, run_local_stack
+from stack_fixture import STUDENTS, LocalStack, run_local_stack
 
 from api.contract import STUDENTS as STUDENT_DATA
 from api.settings import Settings
+from seeder.generate import FIRST_STUDENT_ID
 from stack.launcher import ROOT, Record, Stack
 from stack.servers import HOST, kill_group, process_start_time, wait_gone
 
@@ -189,7 +190,7 @@ def restart(stack: LocalStack, name: str) -> None:
     stack.note_sessions()
 
 
-ALL_IDS = list(range(FIRST_ID, FIRST_ID + STUDENTS))
+ALL_IDS = list(range(FIRST_STUDENT_ID, FIRST_STUDENT_ID + STUDENTS))
 FIGURES: dict[str, object] = {}
 
 

@@ -28,8 +28,9 @@ from pathlib import Path
 import httpx
 import pytest
 from k6_runner import EXPORT_IDS, K6, KINDS, assert_all_checks_passed, output, run_k6
-from stack_fixture import FIRST_ID, STUDENTS, LocalStack, leftovers, run_local_stack
+from stack_fixture import STUDENTS, LocalStack, leftovers, run_local_stack
 
+from seeder.generate import FIRST_STUDENT_ID
 from stack.launcher import ROOT, Layout, default_replicas, replica_count
 from stack.servers import HOST, ServerError, child_pids
 
@@ -63,7 +64,7 @@ def get_many(
             for i in range(count):
                 if until is not None and until.is_set():
                     return
-                sid = random.randint(FIRST_ID, FIRST_ID + STUDENTS - 1)
+                sid = random.randint(FIRST_STUDENT_ID, FIRST_STUDENT_ID + STUDENTS - 1)
                 try:
                     r = client.get(f"/students/{sid}", params={"t": tag, "i": str(i)})
                     status = r.status_code
@@ -224,7 +225,7 @@ def test_rate_limit_answers_429_with_retry_after(stack: LocalStack) -> None:
     assert "nginx: reloading" in done.stdout
     try:
         with httpx.Client(base_url=stack.url, timeout=5) as client:
-            responses = [client.get(f"/students/{FIRST_ID}") for _ in range(12)]
+            responses = [client.get(f"/students/{FIRST_STUDENT_ID}") for _ in range(12)]
         codes = Counter(r.status_code for r in responses)
         assert codes[200] >= 1 and codes[429] >= 6, codes
         limited = next(r for r in responses if r.status_code == 429)
