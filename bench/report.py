@@ -15,6 +15,18 @@ Steps (`--only NAME[,NAME]`), each bounded in time, configurations compared in t
   replicas  the fixed-concurrency wrk run through nginx with 1, 2 and 3 replicas
   metrics   one replica with SURGE_METRICS on and off, straight to Granian (bench/api.py's
             apps and wrk); target: metrics cost <= 5% of req/s
+  overload  wrk with bench/statuses.lua through nginx: at capacity (as many connections as nginx
+            admits at once, SURGE_NGINX_MAX_INFLIGHT), at three times as many, then at capacity
+            again. Asserted: >= 3x the capacity offered; every answer a 200 or a 503/429 with
+            Retry-After and a problem+json body, none timed out; p99 <= 500 ms, none >= 2 s;
+            memory within 10% of the capacity phase's; recovery to >= 90% of capacity, no refusal.
+  soak      bench/statuses.lua's mix at half the measured capacity (paced connections) for 11
+            min; memory, fds, tasks and connections sampled (bench/resources.py). Asserted: no
+            failed request; replica memory grows < 5% from the baseline minute (1-2 min in) to
+            the last; no count grows by more than max(2, 10%).
+
+The overload and soak targets are assertions (issue 6): a miss makes this exit 1 after writing
+the report. The others are figures of a shared machine, reported met or missed.
 
 For every run: CPU per process (nginx, each replica, Redis, Postgres, the load generator; /proc
 before/after), and from each replica's /metrics the Postgres pool waits (max, sampled every
@@ -63,9 +75,10 @@ from bench.api import answers  # noqa: E402
 from bench.machine import machine  # noqa: E402
 from bench.replicas import Topology as LauncherTopology  # noqa: E402
 from bench.replicas import busy_cores_seconds, cpu_seconds  # noqa: E402
+from bench.resources import Resources  # noqa: E402
 from seeder.generate import FIRST_STUDENT_ID  # noqa: E402
-from stack.nginx import NginxServer, local_values  # noqa: E402
-from stack.servers import free_port, granian_command, group_members, wait_for  # noqa: E402
+from stack.nginx import NginxServer, knobs_from_env, local_values  # noqa: E402
+from stack.servers import HOST, free_port, granian_command, group_members, wait_for  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 K6 = ROOT / ".venv/bin/k6"
@@ -87,6 +100,9 @@ FULL = {
     "k6_timeout": 900,
     "cold_ids": 30_000,
     "replicas": (1, 2, 3),
+    "overload_seconds": 20,  # each of: at capacity, at three times, recovery
+    "soak_seconds": 660,  # the first minute warms up, the next is the baseline: 10 min measured
+    "soak_window": 60,
 }
 QUICK = {
     "seconds": 3,
@@ -97,6 +113,9 @@ QUICK = {
     "k6_timeout": 120,
     "cold_ids": 3_000,
     "replicas": (1, 2),
+    "overload_seconds": 4,
+    "soak_seconds": 40,
+    "soak_window": 10,
 }
 
 
@@ -226,16 +245,25 @@ def scrape(port: int) -> dict[str, float]:
 # -- load generators --------------------------------------------------------------------------
 
 
-def wrk(url: str, seconds: int, connections: int, script: str, *args: object) -> dict[str, Any]:
+def wrk(
+    url: str,
+    seconds: int,
+    connections: int,
+    script: str,
+    *args: object,
+    threads: int = 1,
+    timeout: str = "2s",
+) -> dict[str, Any]:
     """One wrk run. With bench/student_pass.lua (a fixed number of lookups), `seconds` is only
     a bound: the script creates a marker file once its last answer is in, and wrk is then ended
-    with SIGINT (it still reports; its duration is the time up to that point)."""
+    with SIGINT (it still reports; its duration is the time up to that point). A request not
+    answered within `timeout` counts as a socket error (wrk's own default: 2 s)."""
     marker = None
     if script == "student_pass.lua":
         marker = Path(tempfile.mkdtemp(prefix="surge-bench-wrk-")) / "done"
         args = (*args, marker)
-    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s",
-           str(ROOT / "bench" / script), url, "--", *map(str, args)]  # fmt: skip
+    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", f"--timeout={timeout}",
+           "--latency", "-s", str(ROOT / "bench" / script), url, "--", *map(str, args)]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + seconds + 60
@@ -398,6 +426,15 @@ class Topology(LauncherTopology):
                 ports[rec.name] = rec.port
         return groups, ports
 
+    @property
+    def admission_cap(self) -> int:
+        """Record requests nginx lets into the replicas at once (SURGE_NGINX_MAX_INFLIGHT)."""
+        return int(knobs_from_env(self.env)["SURGE_NGINX_MAX_INFLIGHT"])
+
+    @property
+    def status_url(self) -> str:
+        return f"http://{HOST}:{self.layout.nginx_status_port}/stub_status"
+
     def down(self) -> None:
         try:
             if self.replicas:
@@ -466,6 +503,7 @@ class Bench:
         self.last_id = FIRST_STUDENT_ID + settings.students - 1
         self.stores = lambda: store_pids(settings)
         self._top: Topology | None = None
+        self.capacity_run: dict[str, Any] | None = None
         from stack.launcher import default_replicas
 
         self.default_replicas = default_replicas()
@@ -696,6 +734,119 @@ class Bench:
             "runs": {k: median_run(v) for k, v in rounds.items()},
         }
 
+    # -- reliability (issue 6): asserted, not only reported -----------------------------------
+
+    def statuses_wrk(
+        self, seconds: int, connections: int, *args: object, threads: int = 1
+    ) -> dict[str, Any]:
+        """A measured wrk run of bench/statuses.lua (every answer sorted by status) through nginx;
+        5 s before a request counts as timed out: nginx's own read timeout. Its `errors` are the
+        answers that are wrong (report_render.improper), not the refusals or expected 4xx."""
+        groups, ports = self.top.groups()
+        run = self.measured(
+            groups,
+            ports,
+            lambda: wrk(
+                self.top.url,
+                seconds,
+                connections,
+                "statuses.lua",
+                FIRST_STUDENT_ID,
+                self.last_id,
+                *args,
+                threads=threads,
+                timeout="5s",
+            ),
+            "wrk",
+        )
+        run["errors"] = report_render.improper(run)
+        return run
+
+    def capacity(self) -> dict[str, Any]:
+        """Random students with exactly as many connections as nginx admits at once: nothing is
+        refused, and the 2xx rate is what this stack serves on this machine now."""
+        if self.capacity_run is None:
+            self.top.scale(self.default_replicas)
+            cap = self.top.admission_cap
+            self.statuses_wrk(2, cap)  # warm-up
+            self.capacity_run = self.statuses_wrk(self.p["overload_seconds"], cap)
+            say(f"capacity: {self.capacity_run['rps']:,.0f} req/s at {cap} connections")
+        return self.capacity_run
+
+    def overload(self) -> dict[str, Any]:
+        self.top.scale(self.default_replicas)
+        cap, seconds = self.top.admission_cap, self.p["overload_seconds"]
+        self.statuses_wrk(2, cap)  # warm-up
+        phases = (("capacity", cap, 1), ("3x capacity", 3 * cap, 2), ("recovery", cap, 1))
+        runs: dict[str, dict[str, Any]] = {}
+        spans: dict[str, tuple[float, float]] = {}
+        with Resources(self.top.groups, self.settings, self.top.status_url, 0.5) as res:
+            time.sleep(1.0)  # a few samples before the load
+            for label, conns, threads in phases:
+                start = res.elapsed()
+                runs[label] = self.statuses_wrk(seconds, conns, threads=threads)
+                spans[label] = (start, res.elapsed())
+                run = runs[label]
+                say(
+                    f"overload {label}: {run['requests'] / run['seconds']:,.0f} req/s offered, "
+                    f"{run['rps']:,.0f} 200/s, refused {run['refused']:,}, other "
+                    f"{run['other'] + run['refused_bare']:,}, socket errors "
+                    f"{run['socket_errors']:,}, p99 {run['p99_ms']:.0f} ms, max "
+                    f"{run['max_ms']:.0f} ms"
+                )
+        self.capacity_run = runs["capacity"]
+        return {
+            "how": f"wrk with bench/statuses.lua (random students, every answer sorted by "
+            f"status), {seconds} s per phase, back to back, through nginx to "
+            f"{self.default_replicas} replica(s) (rate limit off: one client IP), nginx "
+            f"admitting {cap} record requests at once (SURGE_NGINX_MAX_INFLIGHT). `capacity`: "
+            f"-t1 -c{cap}, nothing refused: its 200/s is the capacity. `3x capacity`: -t2 "
+            f"-c{3 * cap}, three times as many clients, each sending its next request as soon "
+            "as it has an answer (refusals too: the worst case, clients that ignore "
+            f"Retry-After). `recovery`: -c{cap} again, right after. A request counts as timed "
+            "out after 5 s (nginx's read timeout). Memory, tasks and connections sampled every "
+            "0.5 s (bench/resources.py); the table shows each phase's maximum.",
+            "runs": runs,
+            "resources": {label: res.maxima(*span) for label, span in spans.items()},
+            "admission_cap": cap,
+        }
+
+    def soak(self) -> dict[str, Any]:
+        capacity = self.capacity()["rps"]
+        rate = capacity / 2
+        seconds, window = self.p["soak_seconds"], self.p["soak_window"]
+        connections = 128
+        # Each connection waits `pace` ms on average before each request: connections * 1000 /
+        # pace requests a second, a little less with latency added.
+        pace = connections * 1000 / rate
+        bookings = self.work / "booking-ids.txt"
+        write_booking_ids(self.settings, bookings)
+        with Resources(self.top.groups, self.settings, self.top.status_url, 5.0) as res:
+            run = self.statuses_wrk(seconds, connections, f"pace={pace:.2f}", f"mix={bookings}")
+        baseline = (window, 2 * window)
+        final = (seconds - window, seconds + 10)
+        say(
+            f"soak: {run['requests'] / run['seconds']:,.0f} req/s for {run['seconds']:.0f} s, "
+            f"failed {run['errors'] + run['refused']:,.0f}, p99 {run['p99_ms']:.1f} ms"
+        )
+        return {
+            "how": f"wrk -t1 -c{connections} with bench/statuses.lua's mix (75% students, 15% "
+            "bookings, 4% unknown student ids, 2% unknown booking ids, 2% malformed of each, as "
+            f"k6/soak.js), each connection pausing {pace:.1f} ms on average (exponential) "
+            f"before each request: about half the capacity ({capacity:,.0f} 200/s, measured "
+            f"in this run), for {seconds} s, through nginx to {self.default_replicas} "
+            f"replica(s). Sampled every 5 s (bench/resources.py). Growth compares the median "
+            f"of the last {window} s with the median of the baseline, {window} to "
+            f"{2 * window} s in (the first {window} s warm the caches, pools and negative "
+            "cache up).",
+            "runs": {"soak": {**run, "capacity_rps": capacity}},
+            "resources": {
+                "baseline": res.medians(*baseline),
+                "final": res.medians(*final),
+            },
+            "series": res.samples,
+        }
+
 
 def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The round with the median req/s (its latencies and CPU belong to it), plus every round."""
@@ -705,6 +856,19 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     if len(runs) > 1:
         out["rounds_rps"] = [round(r["rps"]) for r in runs]
     return out
+
+
+def write_booking_ids(settings: Settings, path: Path, count: int = 5_000) -> None:
+    """Real booking ids, one per line, for the soak's mix (a sample of the table's pages)."""
+    import psycopg
+
+    with psycopg.connect(settings.database_url) as conn:
+        rows = conn.execute(
+            "SELECT id FROM bookings TABLESAMPLE SYSTEM (2) LIMIT %s", (count,)
+        ).fetchall()
+        if len(rows) < 100:  # a small dataset: take them all
+            rows = conn.execute("SELECT id FROM bookings LIMIT %s", (count,)).fetchall()
+    path.write_text("".join(f"{row[0]}\n" for row in rows))
 
 
 def clear_live_students(client: redis.Redis) -> int:
@@ -834,7 +998,10 @@ def main(argv: list[str] | None = None) -> int:
     path.write_text(report)
     print(report)
     say(f"wrote {path} and {len(pngs)} chart(s) in {chart_dir}")
-    return 1 if results["failures"] else 0
+    missed = report_render.missed_assertions(results)
+    for target in missed:
+        say(f"ASSERTION MISSED: {target.step}: {target.name}: {target.describe()}")
+    return 1 if results["failures"] or missed else 0
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-STEPS = ("fixed", "ramp", "spike", "cold", "replicas", "metrics")
+STEPS = ("fixed", "ramp", "spike", "cold", "replicas", "metrics", "overload", "soak")
 TITLES = {
     "fixed": "Fixed concurrency: surge vs the bare handler, through nginx",
     "ramp": "The 3,000-VU reference ramp (k6)",
@@ -24,7 +24,27 @@ TITLES = {
     "cold": "Cold cache: Redis emptied, served via Postgres, then warm",
     "replicas": "1 vs 2 vs 3 replicas behind nginx",
     "metrics": "Metrics on vs off (one replica, no nginx)",
+    "overload": "Three times capacity: refused fast, bounded, recovered",
+    "soak": "Soak at half capacity: does anything grow?",
 }
+ASSERTED = ("overload", "soak")
+"""Steps whose targets are assertions (issue 6): a miss makes `make bench` exit non-zero. The
+others are performance figures of a shared machine: reported met or missed, never failing."""
+OVERLOAD_P99_MS = 500.0
+OVERLOAD_MAX_MS = 2000.0
+"""No answer near a timeout: nginx gives a replica 5 s, clients typically 10-30 s."""
+OVERLOAD_GOODPUT = 0.50
+"""200/s at three times capacity, as a share of the capacity: the load generator (wrk, sending
+~4x the capacity) and nginx's refusals take CPU from the replicas on the same 2 cores."""
+OVERLOAD_MEMORY_GROWTH = 0.10
+RECOVERY_SHARE = 0.90
+"""'Recovered': the capacity run right after the overload within 10% of the one before it (as
+WARM_TOLERANCE: rounds on this box vary that much)."""
+SOAK_MEMORY_GROWTH = 0.05
+SOAK_RATE_SHARE = 0.40
+"""'About half capacity': the paced connections send a little under half (latency adds)."""
+SOAK_COUNTS = ("tasks", "fds", "redis_pool", "postgres_pool", "active", "clients", "backends")
+"""Counts that must not grow in the soak (bench/resources.py's series, by their last word)."""
 WARM_TOLERANCE = 0.90
 """'The second pass at the warm rate': within 10% of it (rounds on this box vary that much)."""
 METRICS_MAX_COST = 0.05
@@ -78,6 +98,8 @@ def fmt(value: float, unit: str = "") -> str:
         return f"{value:,.1f} ms"
     if unit == "req/s":
         return f"{value:,.0f} req/s"
+    if unit == "x":
+        return f"{value:.2f}x"
     return f"{value:,.0f}{(' ' + unit) if unit else ''}"
 
 
@@ -111,6 +133,98 @@ def targets(results: Mapping[str, Any]) -> list[Target]:
     if "metrics on" in metrics and "metrics off" in metrics and metrics["metrics off"]["rps"]:
         cost = 1 - metrics["metrics on"]["rps"] / metrics["metrics off"]["rps"]
         out.append(Target("metrics", "req/s cost of metrics", cost, METRICS_MAX_COST, False, "%"))
+    out += overload_targets(steps.get("overload", {}))
+    out += soak_targets(steps.get("soak", {}))
+    return out
+
+
+def offered(run: Mapping[str, Any]) -> float:
+    """Requests a second sent (every answer, refusals included)."""
+    return float(run["requests"]) / max(float(run["seconds"]), 1e-6)
+
+
+def improper(run: Mapping[str, Any]) -> float:
+    """Answers that are neither a 200 nor a refusal done right (Retry-After, problem+json), plus
+    requests without an answer (refused connection, reset, timeout)."""
+    return float(run["other"] + run["refused_bare"] + run["socket_errors"])
+
+
+def growth(
+    resources: Mapping[str, Mapping[str, float]], key: str, before: str, after: str
+) -> float:
+    """Relative growth of one series from one column of a resources table to another."""
+    first = resources.get(before, {}).get(key, 0.0)
+    last = resources.get(after, {}).get(key, 0.0)
+    return (last - first) / first if first else 0.0
+
+
+def overload_targets(step: Mapping[str, Any]) -> list[Target]:
+    runs, res = step.get("runs", {}), step.get("resources", {})
+    if not {"capacity", "3x capacity", "recovery"} <= set(runs):
+        return []
+    capacity, over, after = runs["capacity"], runs["3x capacity"], runs["recovery"]
+    cap = capacity["rps"] or 1e-6
+    out = [
+        Target("overload", "offered load / capacity", offered(over) / cap, 3.0, True, "x"),
+        Target("overload", "answers at 3x: not 200, no Retry-After, or none", improper(over), 0,
+               False, "answers"),
+        Target("overload", "p99 at 3x (every answer)", over["p99_ms"], OVERLOAD_P99_MS, False,
+               "ms"),
+        Target("overload", "slowest answer at 3x", over["max_ms"], OVERLOAD_MAX_MS, False, "ms"),
+        Target("overload", "200/s at 3x / capacity", over["rps"] / cap, OVERLOAD_GOODPUT, True,
+               "%"),
+    ]  # fmt: skip
+    memory = [k for k in res.get("capacity", {}) if k.endswith("rss_mb") and "redis" not in k]
+    if memory:
+        worst = max(memory, key=lambda k: growth(res, k, "capacity", "3x capacity"))
+        out.append(
+            Target("overload", f"memory at 3x vs at capacity (worst: {worst.split()[0]})",
+                   growth(res, worst, "capacity", "3x capacity"), OVERLOAD_MEMORY_GROWTH, False,
+                   "%")
+        )  # fmt: skip
+    out += [
+        Target("overload", "recovery: 200/s / capacity", after["rps"] / cap, RECOVERY_SHARE, True,
+               "%"),
+        Target("overload", "recovery: answers other than 200", float(after["non_2xx"])
+               + after["socket_errors"], 0, False, "answers"),
+    ]  # fmt: skip
+    return out
+
+
+def count_allowance(baseline: float) -> float:
+    """How much a count may be above its baseline median at the end and still 'not grow': 10%,
+    at least 2 (a count under load moves with the requests in flight)."""
+    return max(2.0, 0.10 * baseline)
+
+
+def soak_targets(step: Mapping[str, Any]) -> list[Target]:
+    run = step.get("runs", {}).get("soak")
+    res = step.get("resources", {})
+    if not run:
+        return []
+    out = [
+        Target("soak", "failed requests", float(improper(run) + run["refused"]), 0, False,
+               "failed"),
+        Target("soak", "offered load / capacity", offered(run) / (run["capacity_rps"] or 1e-6),
+               SOAK_RATE_SHARE, True, "%"),
+    ]  # fmt: skip
+    base, final = res.get("baseline", {}), res.get("final", {})
+    replicas = [k for k in base if k.startswith("api-") and k.endswith("rss_mb")]
+    if replicas:
+        worst = max(replicas, key=lambda k: growth(res, k, "baseline", "final"))
+        out.append(
+            Target("soak", f"replica memory growth (worst: {worst.split()[0]})",
+                   growth(res, worst, "baseline", "final"), SOAK_MEMORY_GROWTH, False, "%")
+        )  # fmt: skip
+    for kind in SOAK_COUNTS:
+        keys = [k for k in base if k.split()[-1] == kind and k in final]
+        if not keys:
+            continue
+        worst = max(keys, key=lambda k: final[k] - base[k] - count_allowance(base[k]))
+        out.append(
+            Target("soak", f"{worst} at the end - baseline (median)",
+                   final[worst] - base[worst], count_allowance(base[worst]), False)
+        )  # fmt: skip
     return out
 
 
@@ -275,6 +389,27 @@ def cpu_table(runs: Mapping[str, Mapping[str, Any]], nproc: int) -> str:
     return "\n".join(rows)
 
 
+def resources_table(resources: Mapping[str, Mapping[str, float]]) -> str:
+    """One row per series (e.g. `api-1 rss_mb`), one column per phase or window."""
+    columns = list(resources)
+    keys: list[str] = []
+    for column in columns:
+        keys += [k for k in resources[column] if k not in keys]
+    rows = ["| series | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for key in sorted(keys):
+        cells = [resources[c].get(key) for c in columns]
+        rows.append(
+            f"| {key} | "
+            + " | ".join("-" if v is None else f"{v:,.1f}".removesuffix(".0") for v in cells)
+            + " |"
+        )
+    return "\n".join(rows)
+
+
+def missed_assertions(results: Mapping[str, Any]) -> list[Target]:
+    return [t for t in targets(results) if t.step in ASSERTED and not t.met]
+
+
 def markdown(results: Mapping[str, Any], charts: Iterable[str] = ()) -> str:
     meta = results.get("meta", {})
     nproc = int(meta.get("nproc", 1))
@@ -323,6 +458,15 @@ def markdown(results: Mapping[str, Any], charts: Iterable[str] = ()) -> str:
             cpu = cpu_table(runs, nproc)
             if cpu:
                 lines += ["CPU (cores) per process and what the replicas reported:", "", cpu, ""]
+        resources = step.get("resources", {})
+        if resources:
+            lines += [
+                "Memory (MB), open file descriptors, event loop tasks and connections "
+                "(bench/resources.py):",
+                "",
+                resources_table(resources),
+                "",
+            ]
         for note in step.get("notes", []):
             lines += [note, ""]
     charts = list(charts)
@@ -427,6 +571,28 @@ def charts(results: Mapping[str, Any], out_dir: Path) -> list[Path]:
             lines2 = ax2.get_legend_handles_labels()
             ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="upper left")
         save(fig, "k6-timeline.png")
+
+    series = results.get("steps", {}).get("soak", {}).get("series") or []
+    if series:
+        fig, ax = plt.subplots(figsize=(9, 3.5))
+        t = [point["t"] for point in series]
+        ax2 = ax.twinx()
+        for key in sorted({k for point in series for k in point}):
+            values = [point.get(key) for point in series]
+            if key.endswith("rss_mb") and not key.startswith("redis"):
+                ax.plot(t, values, label=key)
+            elif key.endswith("tasks"):
+                ax2.plot(t, values, ls=":", label=key)
+        ax.set_xlabel("seconds")
+        ax.set_ylabel("resident memory, MB")
+        ax2.set_ylabel("event loop tasks (dotted)")
+        ax.set_ylim(bottom=0)
+        ax2.set_ylim(bottom=0)
+        ax.set_title("Soak: memory and tasks over time")
+        lines = ax.get_legend_handles_labels()
+        lines2 = ax2.get_legend_handles_labels()
+        ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="lower right", fontsize="small")
+        save(fig, "soak.png")
 
     cpu_runs = [(label, run["cpu"]) for label, run in _all_runs(results) if run.get("cpu")]
     if cpu_runs:

@@ -46,6 +46,7 @@ DEFAULTS: dict[str, str] = {
     "SURGE_RATE_LIMIT": "on",
     "SURGE_RATE_LIMIT_RATE": "20r/s",
     "SURGE_RATE_LIMIT_BURST": "40",
+    "SURGE_NGINX_MAX_INFLIGHT": "256",
 }
 """Knobs with the defaults a real deployment keeps; compose.yaml uses the same ones."""
 

@@ -21,6 +21,25 @@ def run(rps: float, p50: float, p95: float, p99: float, errors: float = 0, **ext
             "requests": rps * 10, **extra}  # fmt: skip
 
 
+def statuses(
+    ok_rps: float,
+    offered_rps: float,
+    p99: float = 80,
+    max_ms: float = 200,
+    refused: int = 0,
+    other: int = 0,
+    socket_errors: int = 0,
+    **extra: Any,
+) -> dict:
+    """A run of bench/statuses.lua over 10 s, as bench/report.py records it."""
+    requests = offered_rps * 10
+    non_2xx = requests - ok_rps * 10
+    return {**run(ok_rps, 20, 60, p99), "requests": requests, "seconds": 10.0,
+            "non_2xx": non_2xx, "socket_errors": socket_errors, "timeouts": 0,
+            "max_ms": max_ms, "ok": ok_rps * 10, "expected_4xx": 0, "refused": refused,
+            "refused_bare": 0, "other": other, **extra}  # fmt: skip
+
+
 SAMPLE: dict[str, Any] = {
     "meta": {
         "date": "2026-11-23",
@@ -67,6 +86,29 @@ SAMPLE: dict[str, Any] = {
                               "2 replicas": run(5600, 30, 60, 90)}},
         "metrics": {"runs": {"metrics on": run(3900, 15, 40, 60),
                              "metrics off": run(4000, 15, 40, 60)}},
+        "overload": {
+            "runs": {
+                "capacity": statuses(7000, 7000),
+                "3x capacity": statuses(5000, 24000, p99=180, max_ms=400, refused=190000),
+                "recovery": statuses(6900, 6900),
+            },
+            "resources": {
+                "capacity": {"api-1 rss_mb": 100.0, "nginx rss_mb": 30.0, "api-1 tasks": 200},
+                "3x capacity": {"api-1 rss_mb": 101.0, "nginx rss_mb": 36.0, "api-1 tasks": 180},
+                "recovery": {"api-1 rss_mb": 101.0, "nginx rss_mb": 31.0, "api-1 tasks": 190},
+            },
+        },
+        "soak": {
+            "runs": {"soak": statuses(3000, 3400, capacity_rps=7000)},
+            "resources": {
+                "baseline": {"api-1 rss_mb": 96.0, "api-2 rss_mb": 96.0, "api-1 tasks": 12,
+                             "api-1 fds": 190, "redis clients": 517},
+                "final": {"api-1 rss_mb": 96.5, "api-2 rss_mb": 102.0, "api-1 tasks": 15,
+                          "api-1 fds": 191, "redis clients": 517},
+            },
+            "series": [{"t": t, "api-1 rss_mb": 96.0 + t / 100, "api-1 tasks": 12}
+                       for t in range(0, 600, 5)],
+        },
     },
     "failures": {"replicas": "RuntimeError: stack up failed"},
 }  # fmt: skip
@@ -101,6 +143,49 @@ def test_targets_met_and_missed_by_how_much() -> None:
 
     cost = found[("metrics", "req/s cost of metrics")]
     assert cost.measured == pytest.approx(0.025) and cost.met
+
+
+def test_overload_targets() -> None:
+    found = by_name(SAMPLE)
+    assert found[("overload", "offered load / capacity")].measured == pytest.approx(24000 / 7000)
+    assert found[("overload", "200/s at 3x / capacity")].measured == pytest.approx(5000 / 7000)
+    memory = found[("overload", "memory at 3x vs at capacity (worst: nginx)")]
+    assert memory.measured == pytest.approx(0.20) and not memory.met  # 30 -> 36 MB
+    assert found[("overload", "recovery: 200/s / capacity")].measured == pytest.approx(6900 / 7000)
+    for name in (
+        "answers at 3x: not 200, no Retry-After, or none",
+        "p99 at 3x (every answer)",
+        "slowest answer at 3x",
+        "recovery: answers other than 200",
+    ):
+        assert found[("overload", name)].met, name
+    results = copy.deepcopy(SAMPLE)
+    over = results["steps"]["overload"]["runs"]["3x capacity"]
+    over.update(other=3, socket_errors=2, max_ms=5000.0)
+    found = by_name(results)
+    assert found[("overload", "answers at 3x: not 200, no Retry-After, or none")].measured == 5
+    assert not found[("overload", "slowest answer at 3x")].met
+
+
+def test_soak_targets() -> None:
+    found = by_name(SAMPLE)
+    assert found[("soak", "failed requests")].met
+    assert found[("soak", "offered load / capacity")].measured == pytest.approx(3400 / 7000)
+    memory = found[("soak", "replica memory growth (worst: api-2)")]
+    assert memory.measured == pytest.approx(6 / 96) and not memory.met
+    tasks = found[("soak", "api-1 tasks at the end - baseline (median)")]
+    assert tasks.measured == 3 and tasks.goal == 2 and not tasks.met
+    assert found[("soak", "api-1 fds at the end - baseline (median)")].met  # +1 of 19 allowed
+    assert found[("soak", "redis clients at the end - baseline (median)")].met
+
+
+def test_only_assertion_steps_can_fail_the_bench() -> None:
+    missed = {(t.step, t.name) for t in rr.missed_assertions(SAMPLE)}
+    assert missed == {
+        ("overload", "memory at 3x vs at capacity (worst: nginx)"),
+        ("soak", "replica memory growth (worst: api-2)"),
+        ("soak", "api-1 tasks at the end - baseline (median)"),
+    }  # the missed ramp, spike, fixed and cold targets are figures, not assertions
 
 
 def test_cold_pass_is_measured_against_forty_percent_of_warm() -> None:
@@ -175,7 +260,13 @@ def test_quick_runs_are_labelled() -> None:
 def test_charts_are_written_as_png(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     written = rr.charts(json.loads(json.dumps(SAMPLE)), tmp_path)
-    assert {p.name for p in written} == {"rps.png", "latency.png", "k6-timeline.png", "cpu.png"}
+    assert {p.name for p in written} == {
+        "rps.png",
+        "latency.png",
+        "k6-timeline.png",
+        "soak.png",
+        "cpu.png",
+    }
     for path in written:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert path.stat().st_size > 5_000

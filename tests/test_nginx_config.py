@@ -37,6 +37,7 @@ from stack.nginx import (
 )
 
 HOST = "127.0.0.1"
+SLOW_SECONDS = 3.0
 PROBLEM = "application/problem+json"
 TEMPLATE_TEXT = TEMPLATE.read_text(encoding="utf-8")
 
@@ -107,6 +108,9 @@ class _ReplicaHandler(BaseHTTPRequestHandler):
                 {"status": 503, "title": "Service Unavailable", "detail": self.server.name}
             ).encode()
             self._send(503, body, PROBLEM, {"Retry-After": "1"})
+        elif path.endswith("/slow"):
+            time.sleep(SLOW_SECONDS)  # a request that holds its admission slot
+            self._send(200, b'{"slow":true}', "application/json")
         elif path == "/metrics":
             self._send(200, b"replica_up 1\n", "text/plain; version=0.0.4")
         else:
@@ -174,10 +178,13 @@ def start_nginx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[.
 
 
 class Reply:
-    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+    def __init__(
+        self, status: int, headers: dict[str, str], body: bytes, raw_headers: list[str] = ()
+    ) -> None:
         self.status = status
         self.headers = headers
         self.body = body
+        self.raw_headers = list(raw_headers)  # names in order, repeats kept (raw() only)
 
     def json(self) -> dict:
         return json.loads(self.body)
@@ -208,17 +215,18 @@ def raw(port: int, data: bytes) -> Reply:
         head, _, body = out.partition(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
         status = int(lines[0].split()[1])
-        headers = {}
+        headers, names = {}, []
         for line in lines[1:]:
             k, _, v = line.partition(":")
             headers[k.strip().lower()] = v.strip()
+            names.append(k.strip().lower())
         length = int(headers.get("content-length", "0"))
         while len(body) < length and time.monotonic() < deadline:
             chunk = c.recv(65536)
             if not chunk:
                 break
             body += chunk
-    return Reply(status, headers, body)
+    return Reply(status, headers, body, names)
 
 
 def port_of(server: NginxServer) -> int:
@@ -466,8 +474,37 @@ def test_the_api_503_passes_untouched_and_takes_no_replica_out(pair, replica_a, 
         assert reply.json()["detail"] in {"a", "b"}  # the API's own body, untouched
     after = replica_a.hits["/students/503"] + replica_b.hits["/students/503"]
     assert after - before == 10  # one try each, no retry
+    # nginx adds Retry-After to its own refusals only: the API's comes through alone
+    head = raw(port_of(pair), b"GET /students/503 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert head.status == 503
+    assert head.raw_headers.count("retry-after") == 1, head.raw_headers
     served = Counter(request(pair, f"/students/{30_000 + i}").json()["replica"] for i in range(20))
     assert set(served) == {"a", "b"}, served  # both still in
+
+
+def test_admission_cap_refuses_the_excess_at_once_with_retry_after(start_nginx, replica_a) -> None:
+    """SURGE_NGINX_MAX_INFLIGHT record requests in the replicas at once; the next ones get 503
+    with Retry-After straight from nginx, without waiting behind the busy ones and without
+    reaching a replica. The overload step of `make bench` measures it at three times capacity."""
+    server = start_nginx([replica_a.port], SURGE_NGINX_MAX_INFLIGHT="2")
+    before = replica_a.hits["/students/slow"]
+    with ThreadPoolExecutor(2) as pool:
+        slow = [pool.submit(request, server, "/students/slow") for _ in range(2)]
+        deadline = time.monotonic() + 5
+        while replica_a.hits["/students/slow"] < before + 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert replica_a.hits["/students/slow"] == before + 2  # both admitted, both held
+        refused = [request(server, f"/students/{50_000 + i}") for i in range(5)]
+        assert not any(f.done() for f in slow)  # answered while the slots were still taken
+        health = request(server, "/health")  # operational routes are not capped
+        assert all(f.result().status == 200 for f in slow)
+    for reply in refused:
+        body = assert_problem(reply, 503)
+        assert "capacity" in body["detail"]
+        assert reply.headers["retry-after"] == "1"
+    assert sum(replica_a.hits[f"/students/{50_000 + i}"] for i in range(5)) == 0
+    assert health.status == 200
+    assert request(server, "/students/50000").status == 200  # slots free again
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,167 @@
+"""What the stack holds while a load runs: memory, open files, tasks and connections, sampled.
+
+The overload and soak steps of bench/report.py ask "does anything grow?": a Resources sampler
+records, every `interval` seconds,
+
+  per replica   resident memory and open file descriptors of its processes (Granian's main
+                process and its worker, /proc), and from its /metrics the event loop's tasks
+                and the Redis and Postgres pool connections
+  nginx         resident memory and open file descriptors (master + worker), and the client
+                connections stub_status reports as active
+  Redis         connected clients and used memory (INFO)
+  Postgres      backends connected to the database (pg_stat_activity)
+
+Each sample is a flat {name: value} dict with a `t` (seconds since the start), so a series is
+one key across the samples.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import statistics
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import psycopg
+import redis
+
+from api.settings import Settings
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def rss_bytes(pids: list[int]) -> int:
+    """Resident memory of these processes together (0 for one that is gone)."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+    return total
+
+
+def open_fds(pids: list[int]) -> int:
+    """Open file descriptors (sockets included) of these processes together."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            total += len(os.listdir(f"/proc/{pid}/fd"))
+    return total
+
+
+def replica_gauges(port: int) -> dict[str, float]:
+    """The leak-relevant gauges of one replica's /metrics (empty when it does not answer)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    wanted = {
+        "surge_event_loop_tasks": "tasks",
+        "surge_redis_pool_connections": "redis_pool",
+        "surge_postgres_pool_connections": "postgres_pool",
+    }
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in wanted:
+            key = wanted[name]
+            out[key] = out.get(key, 0.0) + float(line.rsplit(" ", 1)[1])  # states summed
+    return out
+
+
+def nginx_active(status_url: str) -> float | None:
+    try:
+        with urllib.request.urlopen(status_url, timeout=2) as r:
+            match = re.search(r"Active connections:\s*(\d+)", r.read().decode())
+    except OSError:
+        return None
+    return float(match[1]) if match else None
+
+
+class Resources:
+    """A background sampler; `with Resources(...) as res:` around a load, then res.samples."""
+
+    def __init__(
+        self,
+        groups: Callable[[], tuple[Mapping[str, list[int]], Mapping[str, int]]],
+        settings: Settings,
+        nginx_status_url: str,
+        interval: float = 1.0,
+    ) -> None:
+        """groups: () -> (pids per process name, metrics port per replica name), looked up at
+        every sample, so a replica Granian restarted is still followed."""
+        self.groups = groups
+        self.settings = settings
+        self.status_url = nginx_status_url
+        self.interval = interval
+        self.samples: list[dict[str, float]] = []
+        self._stop = threading.Event()
+
+    def sample(self) -> dict[str, float]:
+        pids, ports = self.groups()
+        point: dict[str, float] = {}
+        for name, members in pids.items():
+            point[f"{name} rss_mb"] = rss_bytes(members) / 2**20
+            point[f"{name} fds"] = open_fds(members)
+        for name, port in ports.items():
+            for key, value in replica_gauges(port).items():
+                point[f"{name} {key}"] = value
+        active = nginx_active(self.status_url)
+        if active is not None:
+            point["nginx active"] = active
+        with contextlib.suppress(redis.RedisError):
+            info = self._redis.info()
+            point["redis clients"] = info["connected_clients"]
+            point["redis used_mb"] = info["used_memory"] / 2**20
+        with contextlib.suppress(psycopg.Error):
+            row = self._pg.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            ).fetchone()
+            point["postgres backends"] = float(row[0]) - 1 if row else 0.0  # not this one
+        return point
+
+    def _run(self) -> None:
+        while True:
+            point = self.sample()
+            point["t"] = round(self.elapsed(), 1)
+            self.samples.append(point)
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> Resources:
+        self._redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=2)
+        self._pg = psycopg.connect(self.settings.database_url, autocommit=True, connect_timeout=5)
+        self._start = time.monotonic()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        self._redis.close()
+        self._pg.close()
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self._start
+
+    def window(self, since: float, until: float) -> dict[str, list[float]]:
+        """Every series over samples taken from `since` to `until` seconds in."""
+        out: dict[str, list[float]] = {}
+        for point in self.samples:
+            if since <= point["t"] <= until:
+                for key, value in point.items():
+                    if key != "t":
+                        out.setdefault(key, []).append(value)
+        return out
+
+    def maxima(self, since: float, until: float) -> dict[str, float]:
+        return {key: max(values) for key, values in self.window(since, until).items()}
+
+    def medians(self, since: float, until: float) -> dict[str, float]:
+        return {key: statistics.median(values) for key, values in self.window(since, until).items()}
