@@ -46,8 +46,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import http.client
 import json
 import os
+import random
 import re
 import resource
 import shutil
@@ -346,6 +348,66 @@ def student_histogram(samples: Mapping[str, float]) -> dict[float, float]:
                 le = float(match[1])
                 out[le] = out.get(le, 0.0) + value
     return out
+
+
+class Probe:
+    """A newcomer during a load: every `interval` s one GET of a random student on a new
+    connection, timed on its own, so the latency of refusals and of admitted requests can be told
+    apart (wrk reports one distribution for both). Its requests are few (20 a second) and are
+    not part of the load's figures."""
+
+    def __init__(self, url: str, last_id: int, interval: float = 0.05) -> None:
+        self.host, port = url.removeprefix("http://").split(":")
+        self.port = int(port)
+        self.last_id = last_id
+        self.interval = interval
+        self.answers: list[tuple[float, int, float]] = []  # (started, status or 0, seconds)
+        self._stop = threading.Event()
+
+    def _one(self, rng: random.Random) -> None:
+        started = time.monotonic()
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=10)
+        try:
+            conn.request("GET", f"/students/{rng.randint(FIRST_STUDENT_ID, self.last_id)}")
+            resp = conn.getresponse()
+            resp.read()
+            status = resp.status
+        except OSError:
+            status = 0
+        finally:
+            conn.close()
+        self.answers.append((started, status, time.monotonic() - started))
+
+    def _run(self) -> None:
+        rng = random.Random(7)
+        while not self._stop.wait(self.interval):
+            self._one(rng)
+
+    def __enter__(self) -> Probe:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=15)
+
+    def summary(self, since: float, until: float) -> dict[str, dict[str, float]]:
+        """Per status ('200', '503', '0' = no answer): count, p50/p99/max latency in ms."""
+        by_status: dict[str, list[float]] = {}
+        for started, status, seconds in self.answers:
+            if since <= started <= until:
+                by_status.setdefault(str(status), []).append(seconds * 1000)
+        out = {}
+        for status, values in sorted(by_status.items()):
+            values.sort()
+            out[status] = {
+                "count": len(values),
+                "p50_ms": values[len(values) // 2],
+                "p99_ms": values[min(len(values) - 1, int(0.99 * len(values)))],
+                "max_ms": values[-1],
+            }
+        return out
 
 
 class Timeline:
@@ -762,30 +824,43 @@ class Bench:
         run["errors"] = report_render.improper(run)
         return run
 
+    def capacity_connections(self) -> int:
+        """Half the admission cap: at the knee of this machine's throughput (c=128 and c=256
+        give the same req/s) and well inside the cap, so that another client (the overload
+        step's probe) never pushes a capacity run into refusals, which a closed loop would
+        turn into thousands a second."""
+        return max(1, self.top.admission_cap // 2)
+
     def capacity(self) -> dict[str, Any]:
-        """Random students with exactly as many connections as nginx admits at once: nothing is
-        refused, and the 2xx rate is what this stack serves on this machine now."""
+        """Random students through nginx, nothing refused: the 2xx rate is what this stack
+        serves on this machine now."""
         if self.capacity_run is None:
             self.top.scale(self.default_replicas)
-            cap = self.top.admission_cap
-            self.statuses_wrk(2, cap)  # warm-up
-            self.capacity_run = self.statuses_wrk(self.p["overload_seconds"], cap)
-            say(f"capacity: {self.capacity_run['rps']:,.0f} req/s at {cap} connections")
+            conns = self.capacity_connections()
+            self.statuses_wrk(2, conns)  # warm-up
+            self.capacity_run = self.statuses_wrk(self.p["overload_seconds"], conns)
+            say(f"capacity: {self.capacity_run['rps']:,.0f} req/s at {conns} connections")
         return self.capacity_run
 
     def overload(self) -> dict[str, Any]:
         self.top.scale(self.default_replicas)
         cap, seconds = self.top.admission_cap, self.p["overload_seconds"]
-        self.statuses_wrk(2, cap)  # warm-up
-        phases = (("capacity", cap, 1), ("3x capacity", 3 * cap, 2), ("recovery", cap, 1))
+        normal = self.capacity_connections()
+        self.statuses_wrk(2, normal)  # warm-up
+        phases = (("capacity", normal, 1), ("3x capacity", 3 * cap, 2), ("recovery", normal, 1))
         runs: dict[str, dict[str, Any]] = {}
         spans: dict[str, tuple[float, float]] = {}
-        with Resources(self.top.groups, self.settings, self.top.status_url, 0.5) as res:
+        probed: dict[str, dict[str, dict[str, float]]] = {}
+        with (
+            Resources(self.top.groups, self.settings, self.top.status_url, 0.5) as res,
+            Probe(self.top.url, self.last_id) as probe,
+        ):
             time.sleep(1.0)  # a few samples before the load
             for label, conns, threads in phases:
-                start = res.elapsed()
+                start, probe_start = res.elapsed(), time.monotonic()
                 runs[label] = self.statuses_wrk(seconds, conns, threads=threads)
                 spans[label] = (start, res.elapsed())
+                probed[label] = probe.summary(probe_start, time.monotonic())
                 run = runs[label]
                 say(
                     f"overload {label}: {run['requests'] / run['seconds']:,.0f} req/s offered, "
@@ -800,14 +875,18 @@ class Bench:
             f"status), {seconds} s per phase, back to back, through nginx to "
             f"{self.default_replicas} replica(s) (rate limit off: one client IP), nginx "
             f"admitting {cap} record requests at once (SURGE_NGINX_MAX_INFLIGHT). `capacity`: "
-            f"-t1 -c{cap}, nothing refused: its 200/s is the capacity. `3x capacity`: -t2 "
-            f"-c{3 * cap}, three times as many clients, each sending its next request as soon "
-            "as it has an answer (refusals too: the worst case, clients that ignore "
-            f"Retry-After). `recovery`: -c{cap} again, right after. A request counts as timed "
+            f"-t1 -c{normal}, nothing refused: its 200/s is the capacity. `3x capacity`: -t2 "
+            f"-c{3 * cap}, three times as many clients as nginx admits, each sending its next "
+            "request as soon as it has an answer (refusals too: the worst case, clients that "
+            f"ignore Retry-After); the offered rate is in the targets. `recovery`: -c{normal} "
+            "again, right after. A request counts as timed "
             "out after 5 s (nginx's read timeout). Memory, tasks and connections sampled every "
-            "0.5 s (bench/resources.py); the table shows each phase's maximum.",
+            "0.5 s (bench/resources.py); the table shows each phase's maximum. Meanwhile a probe "
+            "opened a new connection every 50 ms for one lookup and timed it alone: the "
+            "latency of refusals and admitted requests apart.",
             "runs": runs,
             "resources": {label: res.maxima(*span) for label, span in spans.items()},
+            "probe": probed,
             "admission_cap": cap,
         }
 
@@ -835,14 +914,16 @@ class Bench:
             f"k6/soak.js), each connection pausing {pace:.1f} ms on average (exponential) "
             f"before each request: about half the capacity ({capacity:,.0f} 200/s, measured "
             f"in this run), for {seconds} s, through nginx to {self.default_replicas} "
-            f"replica(s). Sampled every 5 s (bench/resources.py). Growth compares the median "
-            f"of the last {window} s with the median of the baseline, {window} to "
-            f"{2 * window} s in (the first {window} s warm the caches, pools and negative "
-            "cache up).",
+            f"replica(s). Sampled every 5 s (bench/resources.py). The last {window} s are "
+            f"compared with the baseline, {window} to {2 * window} s in (the first {window} s "
+            "warm the caches, pools and negative cache up): memory by its median, counts by "
+            "their minimum (the floor left between requests in flight, which a leak raises).",
             "runs": {"soak": {**run, "capacity_rps": capacity}},
             "resources": {
-                "baseline": res.medians(*baseline),
-                "final": res.medians(*final),
+                "baseline median": res.medians(*baseline),
+                "final median": res.medians(*final),
+                "baseline min": res.minima(*baseline),
+                "final min": res.minima(*final),
             },
             "series": res.samples,
         }

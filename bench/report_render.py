@@ -30,7 +30,9 @@ TITLES = {
 ASSERTED = ("overload", "soak")
 """Steps whose targets are assertions (issue 6): a miss makes `make bench` exit non-zero. The
 others are performance figures of a shared machine: reported met or missed, never failing."""
-OVERLOAD_P99_MS = 500.0
+OVERLOAD_REFUSAL_P99_MS = 250.0
+"""'Fast 503': the probe's refusals at three times capacity (measured 60-105 ms on the 2 busy
+cores; an admitted lookup's p99 was 150-370 ms in the same runs)."""
 OVERLOAD_MAX_MS = 2000.0
 """No answer near a timeout: nginx gives a replica 5 s, clients typically 10-30 s."""
 OVERLOAD_GOODPUT = 0.50
@@ -168,12 +170,22 @@ def overload_targets(step: Mapping[str, Any]) -> list[Target]:
         Target("overload", "offered load / capacity", offered(over) / cap, 3.0, True, "x"),
         Target("overload", "answers at 3x: not 200, no Retry-After, or none", improper(over), 0,
                False, "answers"),
-        Target("overload", "p99 at 3x (every answer)", over["p99_ms"], OVERLOAD_P99_MS, False,
-               "ms"),
         Target("overload", "slowest answer at 3x", over["max_ms"], OVERLOAD_MAX_MS, False, "ms"),
         Target("overload", "200/s at 3x / capacity", over["rps"] / cap, OVERLOAD_GOODPUT, True,
                "%"),
     ]  # fmt: skip
+    probe = step.get("probe", {}).get("3x capacity", {})
+    refusals = probe.get("503", {})
+    if refusals:
+        out.append(
+            Target("overload", "a newcomer's 503 at 3x, p99", refusals["p99_ms"],
+                   OVERLOAD_REFUSAL_P99_MS, False, "ms")
+        )  # fmt: skip
+    if probe:
+        out.append(
+            Target("overload", "a newcomer's lookups at 3x without an answer",
+                   probe.get("0", {}).get("count", 0), 0, False, "lookups")
+        )  # fmt: skip
     memory = [k for k in res.get("capacity", {}) if k.endswith("rss_mb") and "redis" not in k]
     if memory:
         worst = max(memory, key=lambda k: growth(res, k, "capacity", "3x capacity"))
@@ -208,22 +220,26 @@ def soak_targets(step: Mapping[str, Any]) -> list[Target]:
         Target("soak", "offered load / capacity", offered(run) / (run["capacity_rps"] or 1e-6),
                SOAK_RATE_SHARE, True, "%"),
     ]  # fmt: skip
-    base, final = res.get("baseline", {}), res.get("final", {})
+    base = res.get("baseline median", {})
     replicas = [k for k in base if k.startswith("api-") and k.endswith("rss_mb")]
     if replicas:
-        worst = max(replicas, key=lambda k: growth(res, k, "baseline", "final"))
+        worst = max(replicas, key=lambda k: growth(res, k, "baseline median", "final median"))
         out.append(
-            Target("soak", f"replica memory growth (worst: {worst.split()[0]})",
-                   growth(res, worst, "baseline", "final"), SOAK_MEMORY_GROWTH, False, "%")
+            Target("soak", f"replica memory growth, median (worst: {worst.split()[0]})",
+                   growth(res, worst, "baseline median", "final median"), SOAK_MEMORY_GROWTH,
+                   False, "%")
         )  # fmt: skip
+    # Counts by their floor: tasks, fds and pool connections move with the requests in flight
+    # at the moment of a sample; what a leak leaves behind raises the minimum.
+    floor, final = res.get("baseline min", {}), res.get("final min", {})
     for kind in SOAK_COUNTS:
-        keys = [k for k in base if k.split()[-1] == kind and k in final]
+        keys = [k for k in floor if k.split()[-1] == kind and k in final]
         if not keys:
             continue
-        worst = max(keys, key=lambda k: final[k] - base[k] - count_allowance(base[k]))
+        worst = max(keys, key=lambda k: final[k] - floor[k] - count_allowance(floor[k]))
         out.append(
-            Target("soak", f"{worst} at the end - baseline (median)",
-                   final[worst] - base[worst], count_allowance(base[worst]), False)
+            Target("soak", f"{worst} at the end - baseline (minimum)",
+                   final[worst] - floor[worst], count_allowance(floor[worst]), False)
         )  # fmt: skip
     return out
 
@@ -308,9 +324,14 @@ def why(target: Target, results: Mapping[str, Any]) -> str:
     step = results["steps"].get(target.step, {})
     nproc = int(results.get("meta", {}).get("nproc", 1))
     runs = step.get("runs", {})
-    label = {"fixed": "surge", "ramp": "k6", "spike": "k6", "metrics": "metrics on"}.get(
-        target.step, "cold pass" if "cold pass" in target.name else "second pass"
-    )
+    label = {
+        "fixed": "surge",
+        "ramp": "k6",
+        "spike": "k6",
+        "metrics": "metrics on",
+        "overload": "recovery" if target.name.startswith("recovery") else "3x capacity",
+        "soak": "soak",
+    }.get(target.step, "cold pass" if "cold pass" in target.name else "second pass")
     run = runs.get(label) or next(iter(runs.values()), {})
     reasons = [saturation(run, nproc)]
     if target.step == "fixed" and "bare handler" in runs:
@@ -406,6 +427,17 @@ def resources_table(resources: Mapping[str, Mapping[str, float]]) -> str:
     return "\n".join(rows)
 
 
+def probe_table(probe: Mapping[str, Mapping[str, Mapping[str, float]]]) -> str:
+    rows = ["| phase | status | answers | p50 ms | p99 ms | max ms |", "|---|---|---|---|---|---|"]
+    for phase, statuses in probe.items():
+        for status, row in statuses.items():
+            rows.append(
+                f"| {phase} | {status if status != '0' else 'no answer'} | {row['count']:,.0f} "
+                f"| {row['p50_ms']:,.1f} | {row['p99_ms']:,.1f} | {row['max_ms']:,.1f} |"
+            )
+    return "\n".join(rows)
+
+
 def missed_assertions(results: Mapping[str, Any]) -> list[Target]:
     return [t for t in targets(results) if t.step in ASSERTED and not t.met]
 
@@ -458,6 +490,9 @@ def markdown(results: Mapping[str, Any], charts: Iterable[str] = ()) -> str:
             cpu = cpu_table(runs, nproc)
             if cpu:
                 lines += ["CPU (cores) per process and what the replicas reported:", "", cpu, ""]
+        probe = step.get("probe", {})
+        if probe:
+            lines += ["The probe's lookups, each on a new connection:", "", probe_table(probe), ""]
         resources = step.get("resources", {})
         if resources:
             lines += [

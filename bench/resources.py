@@ -4,8 +4,8 @@ The overload and soak steps of bench/report.py ask "does anything grow?": a Reso
 records, every `interval` seconds,
 
   per replica   resident memory and open file descriptors of its processes (Granian's main
-                process and its worker, /proc), and from its /metrics the event loop's tasks
-                and the Redis and Postgres pool connections
+                process and its worker, /proc), and from its /metrics the event loop's tasks,
+                the Redis and Postgres pool connections and the negative cache's entries
   nginx         resident memory and open file descriptors (master + worker), and the client
                 connections stub_status reports as active
   Redis         connected clients and used memory (INFO)
@@ -64,6 +64,7 @@ def replica_gauges(port: int) -> dict[str, float]:
         "surge_event_loop_tasks": "tasks",
         "surge_redis_pool_connections": "redis_pool",
         "surge_postgres_pool_connections": "postgres_pool",
+        "surge_negative_cache_entries": "negative_cache",
     }
     out: dict[str, float] = {}
     for line in text.splitlines():
@@ -165,3 +166,6 @@ class Resources:
 
     def medians(self, since: float, until: float) -> dict[str, float]:
         return {key: statistics.median(values) for key, values in self.window(since, until).items()}
+
+    def minima(self, since: float, until: float) -> dict[str, float]:
+        return {key: min(values) for key, values in self.window(since, until).items()}

@@ -554,6 +554,33 @@ def test_rate_limit_answers_429_with_retry_after(start_nginx, replica_a: Replica
             assert "retry-after" not in reply.headers
 
 
+def test_default_rate_limit_bounds_how_fast_one_client_walks_the_ids(
+    start_nginx, replica_a: Replica
+) -> None:
+    """Student ids are guessable (consecutive numbers): the per-IP limit is what bounds how
+    fast one client can walk them. With the defaults (20 r/s, burst 40) a client asking as fast
+    as it can gets the burst plus 20 a second, and 429s for the rest: the default dataset
+    (664,824 ids) takes one address over 9 hours (docs/reliability.md, "Enumeration")."""
+    server = start_nginx([replica_a.port], SURGE_RATE_LIMIT="on")
+    rate, burst = 20, int(DEFAULTS["SURGE_RATE_LIMIT_BURST"])
+    assert DEFAULTS["SURGE_RATE_LIMIT_RATE"] == f"{rate}r/s"
+    host, port = server.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=15)  # one keep-alive client
+    statuses: Counter[int] = Counter()
+    started = time.monotonic()
+    try:
+        for i in range(300):
+            conn.request("GET", f"/students/{70_000 + i}")
+            resp = conn.getresponse()
+            resp.read()
+            statuses[resp.status] += 1
+    finally:
+        conn.close()
+    elapsed = time.monotonic() - started
+    assert set(statuses) == {200, 429}, statuses
+    assert burst <= statuses[200] <= burst + rate * elapsed + 1, (statuses, elapsed)
+
+
 def test_rate_limit_off_never_limits(main: NginxServer) -> None:
     statuses = Counter(request(main, f"/students/{40_000 + i}").status for i in range(100))
     assert statuses == {200: 100}
