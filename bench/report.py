@@ -57,7 +57,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from collections.abc import Callable, Mapping
@@ -77,7 +76,7 @@ from bench.api import answers  # noqa: E402
 from bench.machine import machine  # noqa: E402
 from bench.replicas import Topology as LauncherTopology  # noqa: E402
 from bench.replicas import busy_cores_seconds, cpu_seconds  # noqa: E402
-from bench.resources import Resources  # noqa: E402
+from bench.resources import Periodic, Resources, scrape  # noqa: E402
 from seeder.generate import FIRST_STUDENT_ID  # noqa: E402
 from stack.nginx import NginxServer, knobs_from_env, local_values  # noqa: E402
 from stack.servers import HOST, free_port, granian_command, group_members, wait_for  # noqa: E402
@@ -153,8 +152,10 @@ def store_pids(settings: Settings) -> dict[str, list[int]]:
     return out
 
 
-class Measure:
+class Measure(Periodic):
     """CPU per process group and the replicas' store metrics over one load run."""
+
+    interval = 0.5
 
     def __init__(
         self,
@@ -167,7 +168,6 @@ class Measure:
         self.rediscover = rediscover or dict
         self.groups = {**groups, **self.rediscover()}
         self.ports = metric_ports
-        self._stop = threading.Event()
         self.waiting_max = 0.0
 
     def __enter__(self) -> Measure:
@@ -178,20 +178,16 @@ class Measure:
         self.busy = busy_cores_seconds()
         self.metrics_before = {n: scrape(p) for n, p in self.ports.items()}
         self.started = time.monotonic()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
+        return super().__enter__()
 
-    def _sample(self) -> None:
-        while not self._stop.wait(0.5):
-            for port in self.ports.values():
-                waiting = scrape(port).get("surge_postgres_pool_waiting", 0.0)
-                self.waiting_max = max(self.waiting_max, waiting)
+    def tick(self) -> None:
+        for port in self.ports.values():
+            waiting = scrape(port).get("surge_postgres_pool_waiting", 0.0)
+            self.waiting_max = max(self.waiting_max, waiting)
 
     def __exit__(self, *exc: object) -> None:
         self.wall = max(time.monotonic() - self.started, 1e-6)
-        self._stop.set()
-        self._thread.join(timeout=5)
+        super().__exit__(*exc)
         groups = {**self.groups, **self.rediscover()}
         self.cpu = {}
         for name, pids in groups.items():
@@ -226,22 +222,6 @@ class Measure:
         run["cpu"] = {k: round(v, 3) for k, v in cpu.items()}
         run["store"] = self.store
         return run
-
-
-def scrape(port: int) -> dict[str, float]:
-    """A replica's /metrics as {'name{labels}': value}; empty when it does not answer."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-            text = r.read().decode()
-    except OSError:
-        return {}
-    out = {}
-    for line in text.splitlines():
-        if line.startswith("surge_") and " " in line:
-            key, _, value = line.rpartition(" ")
-            with contextlib.suppress(ValueError):
-                out[key] = float(value)
-    return out
 
 
 # -- load generators --------------------------------------------------------------------------
@@ -350,7 +330,7 @@ def student_histogram(samples: Mapping[str, float]) -> dict[float, float]:
     return out
 
 
-class Probe:
+class Probe(Periodic):
     """A newcomer during a load: every `interval` s one GET of a random student on a new
     connection, timed on its own, so the latency of refusals and of admitted requests can be told
     apart (wrk reports one distribution for both). Its requests are few (20 a second) and are
@@ -362,13 +342,13 @@ class Probe:
         self.last_id = last_id
         self.interval = interval
         self.answers: list[tuple[float, int, float]] = []  # (started, status or 0, seconds)
-        self._stop = threading.Event()
+        self.rng = random.Random(7)
 
-    def _one(self, rng: random.Random) -> None:
+    def tick(self) -> None:
         started = time.monotonic()
         conn = http.client.HTTPConnection(self.host, self.port, timeout=10)
         try:
-            conn.request("GET", f"/students/{rng.randint(FIRST_STUDENT_ID, self.last_id)}")
+            conn.request("GET", f"/students/{self.rng.randint(FIRST_STUDENT_ID, self.last_id)}")
             resp = conn.getresponse()
             resp.read()
             status = resp.status
@@ -377,20 +357,6 @@ class Probe:
         finally:
             conn.close()
         self.answers.append((started, status, time.monotonic() - started))
-
-    def _run(self) -> None:
-        rng = random.Random(7)
-        while not self._stop.wait(self.interval):
-            self._one(rng)
-
-    def __enter__(self) -> Probe:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=15)
 
     def summary(self, since: float, until: float) -> dict[str, dict[str, float]]:
         """Per status ('200', '503', '0' = no answer): count, p50/p99/max latency in ms."""
@@ -410,14 +376,15 @@ class Probe:
         return out
 
 
-class Timeline:
+class Timeline(Periodic):
     """Once a second: k6's VUs (REST API) and the replicas' req/s and p95 (their histograms)."""
 
     def __init__(self, replica_ports: Mapping[str, int], k6_port: int) -> None:
         self.ports = dict(replica_ports)
         self.k6_port = k6_port
         self.points: list[dict[str, float]] = []
-        self._stop = threading.Event()
+        self.start = self.previous_t = time.monotonic()
+        self.previous: dict[float, float] | None = None  # the histograms at the last tick
 
     def _state(self) -> dict[float, float]:
         total: dict[float, float] = {}
@@ -434,29 +401,18 @@ class Timeline:
         except (OSError, ValueError, KeyError):
             return 0.0
 
-    def _run(self) -> None:
-        start = previous_t = time.monotonic()
-        previous = self._state()
-        while not self._stop.wait(1.0):
-            now, state = time.monotonic(), self._state()
-            delta = {le: state.get(le, 0.0) - previous.get(le, 0.0) for le in state}
+    def tick(self) -> None:
+        now, state = time.monotonic(), self._state()
+        if self.previous is not None:
+            delta = {le: state.get(le, 0.0) - self.previous.get(le, 0.0) for le in state}
             count = delta.get(float("inf"), 0.0)
             self.points.append({
-                "t": round(now - start, 1),
-                "rps": count / max(now - previous_t, 1e-6),
+                "t": round(now - self.start, 1),
+                "rps": count / max(now - self.previous_t, 1e-6),
                 "p95_ms": report_render.histogram_quantile(delta, 0.95) * 1000,
                 "vus": self._vus(),
             })  # fmt: skip
-            previous, previous_t = state, now
-
-    def __enter__(self) -> Timeline:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
+        self.previous, self.previous_t = state, now
 
 
 # -- what runs --------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Self
 
 import psycopg
 import redis
@@ -53,25 +54,38 @@ def open_fds(pids: list[int]) -> int:
     return total
 
 
-def replica_gauges(port: int) -> dict[str, float]:
-    """The leak-relevant gauges of one replica's /metrics (empty when it does not answer)."""
+def scrape(port: int) -> dict[str, float]:
+    """A replica's /metrics as {'name{labels}': value}; empty when it does not answer."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
             text = r.read().decode()
     except OSError:
         return {}
-    wanted = {
-        "surge_event_loop_tasks": "tasks",
-        "surge_redis_pool_connections": "redis_pool",
-        "surge_postgres_pool_connections": "postgres_pool",
-        "surge_negative_cache_entries": "negative_cache",
-    }
-    out: dict[str, float] = {}
+    out = {}
     for line in text.splitlines():
-        name = line.split("{", 1)[0].split(" ", 1)[0]
-        if name in wanted:
-            key = wanted[name]
-            out[key] = out.get(key, 0.0) + float(line.rsplit(" ", 1)[1])  # states summed
+        if line.startswith("surge_") and " " in line:
+            key, _, value = line.rpartition(" ")
+            with contextlib.suppress(ValueError):
+                out[key] = float(value)
+    return out
+
+
+LEAK_GAUGES = {
+    "surge_event_loop_tasks": "tasks",
+    "surge_redis_pool_connections": "redis_pool",
+    "surge_postgres_pool_connections": "postgres_pool",
+    "surge_negative_cache_entries": "negative_cache",
+}
+"""The gauges of a replica's /metrics worth following for leaks, by their short names."""
+
+
+def replica_gauges(port: int) -> dict[str, float]:
+    """LEAK_GAUGES of one replica, each summed over its labels (e.g. in_use + idle)."""
+    out: dict[str, float] = {}
+    for key, value in scrape(port).items():
+        short = LEAK_GAUGES.get(key.split("{", 1)[0])
+        if short:
+            out[short] = out.get(short, 0.0) + value
     return out
 
 
@@ -84,7 +98,33 @@ def nginx_active(status_url: str) -> float | None:
     return float(match[1]) if match else None
 
 
-class Resources:
+class Periodic:
+    """A thread that calls tick() at once and then every `interval` seconds, from the start of
+    a `with` block to its end (the samplers and probes of the benchmarks)."""
+
+    interval = 1.0
+
+    def tick(self) -> None:
+        raise NotImplementedError
+
+    def _loop(self) -> None:
+        while True:
+            self.tick()
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> Self:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
+class Resources(Periodic):
     """A background sampler; `with Resources(...) as res:` around a load, then res.samples."""
 
     def __init__(
@@ -101,7 +141,6 @@ class Resources:
         self.status_url = nginx_status_url
         self.interval = interval
         self.samples: list[dict[str, float]] = []
-        self._stop = threading.Event()
 
     def sample(self) -> dict[str, float]:
         pids, ports = self.groups()
@@ -126,25 +165,19 @@ class Resources:
             point["postgres backends"] = float(row[0]) - 1 if row else 0.0  # not this one
         return point
 
-    def _run(self) -> None:
-        while True:
-            point = self.sample()
-            point["t"] = round(self.elapsed(), 1)
-            self.samples.append(point)
-            if self._stop.wait(self.interval):
-                return
+    def tick(self) -> None:
+        point = self.sample()
+        point["t"] = round(self.elapsed(), 1)
+        self.samples.append(point)
 
-    def __enter__(self) -> Resources:
+    def __enter__(self) -> Self:
         self._redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=2)
         self._pg = psycopg.connect(self.settings.database_url, autocommit=True, connect_timeout=5)
         self._start = time.monotonic()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
+        return super().__enter__()
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
+        super().__exit__(*exc)
         self._redis.close()
         self._pg.close()
 
