@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import shutil
 import subprocess
@@ -31,6 +30,7 @@ import redis  # noqa: E402
 from api.contract import STUDENTS  # noqa: E402
 from api.settings import Settings  # noqa: E402
 from bench.machine import machine  # noqa: E402
+from bench.wrk import random_students  # noqa: E402
 from seeder.generate import FIRST_STUDENT_ID  # noqa: E402
 from stack.servers import free_port, granian_command, wait_for  # noqa: E402
 
@@ -48,19 +48,6 @@ def answers(port: int, path: str) -> bool:
             return bool(response.status == 200)
     except OSError:
         return False
-
-
-def wrk(port: int, seconds: int, connections: int, last_id: int) -> dict[str, float]:
-    out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
-         "-s", str(ROOT / "bench/random_students.lua"),
-         f"http://127.0.0.1:{port}", "--", str(FIRST_STUDENT_ID), str(last_id)],
-        capture_output=True, text=True, check=True, timeout=seconds + 30,
-    ).stdout  # fmt: skip
-    line = next(line for line in out.splitlines() if line.startswith("JSON "))
-    result: dict[str, float] = json.loads(line[5:])
-    result["rps"] = result["requests"] / result["seconds"]
-    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,11 +82,13 @@ def main(argv: list[str] | None = None) -> int:
             )
             ports[name] = port
         for port in ports.values():  # warm-up: connections, prepared paths, caches
-            wrk(port, 2, args.connections, last_id)
+            random_students(f"http://127.0.0.1:{port}", 2, args.connections, last_id)
         results: dict[str, list[dict[str, float]]] = {name: [] for name in APPS}
         for round_no in range(args.rounds):
             for name, port in ports.items():
-                result = wrk(port, args.seconds, args.connections, last_id)
+                result = random_students(
+                    f"http://127.0.0.1:{port}", args.seconds, args.connections, last_id
+                )
                 results[name].append(result)
                 print(f"round {round_no + 1} {name}: {result['rps']:.0f} req/s, "
                       f"p99 {result['p99_ms']:.1f} ms, errors {result['non_2xx']:.0f}"
@@ -115,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     path = args.out / f"api-{datetime.date.today().isoformat()}.md"
     path.write_text(report)
     print(report)
-    print(f"wrote {path.relative_to(ROOT)}")
+    print(f"wrote {path}")
     return 0
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import json
 import os
 import re
 import resource
@@ -43,6 +42,7 @@ import redis  # noqa: E402
 from api.contract import STUDENTS  # noqa: E402
 from api.settings import Settings  # noqa: E402
 from bench.machine import machine  # noqa: E402
+from bench.wrk import random_students  # noqa: E402
 from seeder.generate import FIRST_STUDENT_ID  # noqa: E402
 from stack.launcher import Layout, PidFiles, default_replicas, spare_env  # noqa: E402
 from stack.servers import HOST, group_members  # noqa: E402
@@ -66,21 +66,6 @@ def busy_cores_seconds() -> float:
     fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
     idle = fields[3] + fields[4]  # idle + iowait
     return (sum(fields[:8]) - idle) / CLK_TCK
-
-
-def wrk(url: str, seconds: int, connections: int, last_id: int) -> dict[str, float]:
-    out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
-         "-s", str(ROOT / "bench/random_students.lua"), url, "--",
-         str(FIRST_STUDENT_ID), str(last_id)],
-        capture_output=True, text=True, check=True, timeout=seconds + 30,
-    ).stdout  # fmt: skip
-    line = next(line for line in out.splitlines() if line.startswith("JSON "))
-    result: dict[str, float] = json.loads(line[5:])
-    result["errors"] = result["non_2xx"] + result["socket_errors"]
-    # Answers that are not errors: a 502 from nginx is fast and must not count as throughput.
-    result["rps"] = (result["requests"] - result["non_2xx"]) / result["seconds"]
-    return result
 
 
 class Topology:
@@ -151,14 +136,14 @@ class Topology:
 def measure(
     top: Topology, seconds: int, connections: int, last_id: int, redis_pid: int
 ) -> dict[str, float]:
-    wrk(top.url, 2, connections, last_id)  # warm-up: connections, pools, caches
+    random_students(top.url, 2, connections, last_id)  # warm-up: connections, pools, caches
     groups = top.groups()
     before = {role: cpu_seconds(pids) for role, pids in groups.items()}
     before["redis"] = cpu_seconds([redis_pid])
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     machine_before = busy_cores_seconds()
     started = time.monotonic()
-    result = wrk(top.url, seconds, connections, last_id)
+    result = random_students(top.url, seconds, connections, last_id)
     wall = time.monotonic() - started
     after_children = resource.getrusage(resource.RUSAGE_CHILDREN)
     for role, pids in groups.items():

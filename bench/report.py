@@ -77,9 +77,17 @@ from bench.machine import machine  # noqa: E402
 from bench.replicas import Topology as LauncherTopology  # noqa: E402
 from bench.replicas import busy_cores_seconds, cpu_seconds  # noqa: E402
 from bench.resources import Periodic, Resources, scrape  # noqa: E402
+from bench.wrk import random_students, wrk  # noqa: E402
 from seeder.generate import FIRST_STUDENT_ID  # noqa: E402
 from stack.nginx import NginxServer, knobs_from_env, local_values  # noqa: E402
-from stack.servers import HOST, free_port, granian_command, group_members, wait_for  # noqa: E402
+from stack.servers import (  # noqa: E402
+    HOST,
+    child_pids,
+    free_port,
+    granian_command,
+    group_members,
+    wait_for,
+)
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 K6 = ROOT / ".venv/bin/k6"
@@ -123,16 +131,8 @@ QUICK = {
 # -- CPU per process --------------------------------------------------------------------------
 
 
-def children_of(pid: int) -> list[int]:
-    out = [pid]
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
+def with_children(pid: int) -> list[int]:
+    return [pid, *sorted(child_pids(pid))]
 
 
 def store_pids(settings: Settings) -> dict[str, list[int]]:
@@ -148,7 +148,7 @@ def store_pids(settings: Settings) -> dict[str, list[int]]:
         with psycopg.connect(settings.database_url) as conn:
             data_dir = conn.execute("SHOW data_directory").fetchone()[0]
         postmaster = int((Path(data_dir) / "postmaster.pid").read_text().split()[0])
-        out["postgres"] = children_of(postmaster)
+        out["postgres"] = with_children(postmaster)
     return out
 
 
@@ -225,50 +225,6 @@ class Measure(Periodic):
 
 
 # -- load generators --------------------------------------------------------------------------
-
-
-def wrk(
-    url: str,
-    seconds: int,
-    connections: int,
-    script: str,
-    *args: object,
-    threads: int = 1,
-    timeout: str = "2s",
-) -> dict[str, Any]:
-    """One wrk run. With bench/student_pass.lua (a fixed number of lookups), `seconds` is only
-    a bound: the script creates a marker file once its last answer is in, and wrk is then ended
-    with SIGINT (it still reports; its duration is the time up to that point). A request not
-    answered within `timeout` counts as a socket error (wrk's own default: 2 s)."""
-    marker = None
-    if script == "student_pass.lua":
-        marker = Path(tempfile.mkdtemp(prefix="surge-bench-wrk-")) / "done"
-        args = (*args, marker)
-    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", f"--timeout={timeout}",
-           "--latency", "-s", str(ROOT / "bench" / script), url, "--", *map(str, args)]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + seconds + 60
-        while proc.poll() is None and time.monotonic() < deadline:
-            if marker is not None and marker.exists():
-                proc.send_signal(signal.SIGINT)
-                break
-            time.sleep(0.005)
-        out, err = proc.communicate(timeout=max(5.0, deadline - time.monotonic()))
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if marker is not None:
-            shutil.rmtree(marker.parent, ignore_errors=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"wrk exited {proc.returncode}: {err[-1000:]}")
-    line = next(line for line in out.splitlines() if line.startswith("JSON "))
-    result: dict[str, Any] = json.loads(line[5:])
-    result["errors"] = result["non_2xx"] + result["socket_errors"]
-    # 2xx only: a fast 502 from nginx must not pass for throughput.
-    result["rps"] = (result["requests"] - result["non_2xx"]) / max(result["seconds"], 1e-6)
-    return result
 
 
 def k6(
@@ -493,9 +449,9 @@ class BareTopology:
         self.url = self.nginx.url
 
     def groups(self) -> dict[str, list[int]]:
-        groups = {"nginx": children_of(self.nginx.pid)} if self.nginx.pid else {}
+        groups = {"nginx": with_children(self.nginx.pid)} if self.nginx.pid else {}
         for i, proc in enumerate(self.procs, 1):
-            groups[f"bare-{i}"] = children_of(proc.pid)
+            groups[f"bare-{i}"] = with_children(proc.pid)
         return groups
 
     def stop(self) -> None:
@@ -565,16 +521,14 @@ class Bench:
         try:
 
             def bare_run() -> dict[str, Any]:
-                return wrk(
+                return random_students(
                     bare.url,
                     self.p["seconds"],
                     conns,
-                    "random_students.lua",
-                    FIRST_STUDENT_ID,
                     self.last_id,
                 )
 
-            wrk(self.top.url, 2, conns, "random_students.lua", FIRST_STUDENT_ID, self.last_id)
+            random_students(self.top.url, 2, conns, self.last_id)
             bare_run()  # warm-ups
             rounds: dict[str, list[dict[str, Any]]] = {"surge": [], "bare handler": []}
             for i in range(self.p["rounds"]):
@@ -660,12 +614,10 @@ class Bench:
         for i in range(self.p["rounds"]):
             for n in self.p["replicas"][:: 1 if i % 2 == 0 else -1]:
                 self.top.scale(n)
-                wrk(
+                random_students(
                     self.top.url,
                     2,
                     self.p["connections"],
-                    "random_students.lua",
-                    FIRST_STUDENT_ID,
                     self.last_id,
                 )
                 run = self.surge_wrk()
@@ -708,28 +660,24 @@ class Bench:
                 )
             url = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
             for name in apps:
-                wrk(
+                random_students(
                     url[name],
                     2,
                     self.p["connections"],
-                    "random_students.lua",
-                    FIRST_STUDENT_ID,
                     self.last_id,
                 )
             rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in apps}
             for i in range(self.p["rounds"]):
                 for name in list(apps)[:: 1 if i % 2 == 0 else -1]:
-                    groups = {"api-1": children_of(procs[name].pid)}
+                    groups = {"api-1": with_children(procs[name].pid)}
                     metric_ports = {"api-1": ports[name]} if name == "metrics on" else {}
                     run = self.measured(
                         groups,
                         metric_ports,
-                        lambda n=name: wrk(
+                        lambda n=name: random_students(
                             url[n],
                             self.p["seconds"],
                             self.p["connections"],
-                            "random_students.lua",
-                            FIRST_STUDENT_ID,
                             self.last_id,
                         ),
                         "wrk",
@@ -854,7 +802,7 @@ class Bench:
         # Each connection waits `pace` ms on average before each request: connections * 1000 /
         # pace requests a second, a little less with latency added.
         pace = connections * 1000 / rate
-        bookings = self.work / "booking-ids.txt"
+        bookings = self.work / "booking-ids.json"
         write_booking_ids(self.settings, bookings)
         with Resources(self.top.groups, self.settings, self.top.status_url, 5.0) as res:
             run = self.statuses_wrk(seconds, connections, f"pace={pace:.2f}", f"mix={bookings}")
@@ -896,16 +844,12 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def write_booking_ids(settings: Settings, path: Path, count: int = 5_000) -> None:
-    """Real booking ids, one per line, for the soak's mix (a sample of the table's pages)."""
-    import psycopg
-
-    with psycopg.connect(settings.database_url) as conn:
-        rows = conn.execute(
-            "SELECT id FROM bookings TABLESAMPLE SYSTEM (2) LIMIT %s", (count,)
-        ).fetchall()
-        if len(rows) < 100:  # a small dataset: take them all
-            rows = conn.execute("SELECT id FROM bookings LIMIT %s", (count,)).fetchall()
-    path.write_text("".join(f"{row[0]}\n" for row in rows))
+    """Real booking ids for the soak's mix, written by k6/export_ids.py as for the k6 scripts."""
+    subprocess.run(
+        [sys.executable, str(ROOT / "k6/export_ids.py"), "--count", str(count), "--out", str(path),
+         "--database-url", settings.database_url],
+        cwd=ROOT, check=True, timeout=120, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
 
 
 def clear_live_students(client: redis.Redis) -> int:

@@ -8,8 +8,8 @@
 --             average before each request, as independent users would: C connections then
 --             send about C * 1000 / (MS + latency) requests a second.
 --   mix=FILE  the soak's mix, as k6/lib/requests.js's MIX_WEIGHTS: 75% students, 15% bookings
---             (ids from FILE, one per line), 4% unknown student ids, 2% unknown booking ids, 2%
---             malformed of each; 400 and 404 are then expected answers.
+--             (ids from FILE, the JSON array k6/export_ids.py writes), 4% unknown student ids,
+--             2% unknown booking ids, 2% malformed of each; 400 and 404 are then expected.
 -- A refusal (429 or 503) counts as proper only with a Retry-After header and a problem+json
 -- body; any other answer than 200 (and 400/404 in the mix) counts as `other`.
 local low, high, pace, bookings = 10000, 674823, nil, nil
@@ -36,9 +36,9 @@ function init(args)
     if key == "pace" then pace = tonumber(value) end
     if key == "mix" then
       bookings = {}
-      for line in io.lines(value) do
-        if #line > 0 then table.insert(bookings, line) end
-      end
+      local file = io.open(value)
+      for id in file:read("*a"):gmatch('"([%x%-]+)"') do table.insert(bookings, id) end
+      file:close()
     end
   end
   math.randomseed(os.time() + (tonumber(tostring({}):match("0x(%x+)"), 16) or 0))
