@@ -31,7 +31,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from string import Template
 
-from stack.servers import attach, child_pids, detach, die_with_parent, pid_alive
+from stack.servers import attach, child_pids, detach, die_with_parent, pid_alive, wait_gone
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "nginx" / "nginx.conf.template"
 """The one nginx config of the project (compose mounts the same file)."""
@@ -347,21 +347,9 @@ class NginxServer:
                         os.kill(worker, signal.SIGKILL)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            if self._wait_gone(pid, wait):
+            if wait_gone(pid, wait, self._proc):
                 break
         self._reap()
-
-    def _wait_gone(self, pid: int, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while True:
-            if self._proc is not None:
-                if self._proc.poll() is not None:
-                    return True
-            elif not pid_alive(pid):
-                return True
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.02)
 
     def _reap(self) -> None:
         detach(self)
