@@ -7,30 +7,18 @@
 //   make k6-mix
 //   MIX_VUS, MIX_HOLD                   1000, 2m
 //   STAGES="10s:200,30s:200,5s:0"       stages of your own
-import http from 'k6/http';
-
 import { COMMON_OPTIONS, mixShape } from './lib/load-options.js';
-import { MIX_WEIGHTS, mixIteration } from './lib/requests.js';
+import { expectMixAnswers, mixIteration } from './lib/requests.js';
 import { setupMix } from './lib/setup.js';
-import {
-  ALL_CHECKS_PASS,
-  everyKindPasses,
-  NO_FAILED_REQUESTS,
-  REFERENCE_LATENCY,
-} from './lib/thresholds.js';
+import { MIX_THRESHOLDS } from './lib/thresholds.js';
 
 export const options = {
-  thresholds: {
-    ...NO_FAILED_REQUESTS,
-    ...REFERENCE_LATENCY,
-    ...ALL_CHECKS_PASS,
-    ...everyKindPasses(Object.keys(MIX_WEIGHTS)),
-  },
+  thresholds: MIX_THRESHOLDS,
   scenarios: { mix: mixShape() },
   ...COMMON_OPTIONS,
 };
 
-http.setResponseCallback(http.expectedStatuses(200, 400, 404));
+expectMixAnswers();
 
 export const setup = setupMix;
 export default mixIteration;

@@ -4,30 +4,18 @@
 //
 //   make k6-soak
 //   SOAK_VUS, SOAK_DURATION             1500, 10m
-import http from 'k6/http';
-
 import { COMMON_OPTIONS, soakShape } from './lib/load-options.js';
-import { MIX_WEIGHTS, mixIteration } from './lib/requests.js';
+import { expectMixAnswers, mixIteration } from './lib/requests.js';
 import { setupMix } from './lib/setup.js';
-import {
-  ALL_CHECKS_PASS,
-  everyKindPasses,
-  NO_FAILED_REQUESTS,
-  REFERENCE_LATENCY,
-} from './lib/thresholds.js';
+import { MIX_THRESHOLDS } from './lib/thresholds.js';
 
 export const options = {
-  thresholds: {
-    ...NO_FAILED_REQUESTS,
-    ...REFERENCE_LATENCY,
-    ...ALL_CHECKS_PASS,
-    ...everyKindPasses(Object.keys(MIX_WEIGHTS)),
-  },
+  thresholds: MIX_THRESHOLDS,
   scenarios: { soak: soakShape() },
   ...COMMON_OPTIONS,
 };
 
-http.setResponseCallback(http.expectedStatuses(200, 400, 404));
+expectMixAnswers();
 
 export const setup = setupMix;
 export default mixIteration;

@@ -88,6 +88,14 @@ export function studentIteration() {
 
 const nextMixKind = weightedKinds(MIX_WEIGHTS);
 
+/**
+ * In the mix, 400 and 404 are the right answers to mistyped and unknown ids: not failed requests.
+ * Call from a script's init context (mix.js, soak.js).
+ */
+export function expectMixAnswers() {
+  http.setResponseCallback(http.expectedStatuses(200, 400, 404));
+}
+
 /** One VU iteration of the realistic mix: a kind drawn by MIX_WEIGHTS, then think time. */
 export function mixIteration() {
   lookup(nextMixKind());

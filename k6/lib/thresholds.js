@@ -1,4 +1,5 @@
 // Thresholds: each script's pass/fail contract. k6 exits 99 when one fails.
+import { MIX_WEIGHTS } from './requests.js';
 
 /** No request failed (a status outside the expected ones, a timeout, a refused connection). */
 export const NO_FAILED_REQUESTS = { http_req_failed: ['rate==0'] };
@@ -13,6 +14,17 @@ export function everyKindPasses(kinds) {
 
 /** The reference ramp's latency target (the issue: p95 <= 100 ms, p99 <= 250 ms). */
 export const REFERENCE_LATENCY = { http_req_duration: ['p(95)<100', 'p(99)<250'] };
+
+/**
+ * The realistic mix's contract (mix.js, soak.js): no failed request (with expectMixAnswers(),
+ * 400/404 are expected answers), every check of every kind passes, the reference latency holds.
+ */
+export const MIX_THRESHOLDS = {
+  ...NO_FAILED_REQUESTS,
+  ...REFERENCE_LATENCY,
+  ...ALL_CHECKS_PASS,
+  ...everyKindPasses(Object.keys(MIX_WEIGHTS)),
+};
 
 /** The spike's latency target (p99 <= 500 ms). */
 export const SPIKE_LATENCY = { http_req_duration: ['p(99)<500'] };
