@@ -1,4 +1,5 @@
-"""Read path: Redis first; on a miss or a Redis fault, Postgres, written back to Redis.
+"""Read path: the replica's own copy first, then Redis; on a miss or a Redis fault, Postgres,
+written back to Redis.
 
 Both stores are bounded in time: a request never waits on Redis longer than
 SURGE_REDIS_TIMEOUT, nor on a Postgres connection longer than SURGE_PG_WAIT_TIMEOUT.
@@ -22,8 +23,17 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from api.contract import DATASETS, LIVE_KEY, UNSEEDED_VERSION, Dataset, parse_version
+from api.contract import (
+    DATASETS,
+    LIVE_KEY,
+    REFRESHED_KEEP,
+    REFRESHED_KEY,
+    UNSEEDED_VERSION,
+    Dataset,
+    parse_version,
+)
 from api.errors import ServiceUnavailable
+from api.local_cache import LocalCache
 from api.metrics import Metrics
 from api.settings import Settings
 
@@ -38,6 +48,8 @@ POSTGRES_FAULTS = (psycopg.Error, PoolTimeout, TooManyRequests, OSError)
 # amplifier (docs/reliability.md, "Faults under load"). So a timeout falls back for its own
 # request only; the circuit opens on faults that are certainly Redis's (refused, reset, errors).
 REDIS_TIMEOUTS = (RedisTimeoutError, TimeoutError)
+# Idle Postgres connections are checked every this many live-version reads (2 s by default).
+POOL_CHECK_ROUNDS = 4
 
 
 class CircuitBreaker:
@@ -136,7 +148,13 @@ class Lookup:
         # The Redis version each dataset is read from and written back to, as this replica last
         # read surge:live; refreshed in the background (watch_live), never per request.
         self.live: dict[str, int] = {d.name: UNSEEDED_VERSION for d in DATASETS}
+        self.local = LocalCache(settings.local_cache_mb * 2**20)
+        for name, version in self.live.items():
+            self.local.switch(name, version)
+        # The newest single-record refresh this replica has applied (surge:refreshed stream id).
+        self._refreshed_seen = b"0-0"
         self._watcher: asyncio.Task[None] | None = None
+        self._warmers: dict[str, asyncio.Task[int]] = {}
         # The pool is as large as the replica's concurrency cap (Granian --backpressure), so
         # it cannot run dry; no retries: a failed call falls back to Postgres at once.
         self.redis = aioredis.Redis(
@@ -170,54 +188,117 @@ class Lookup:
     async def open(self) -> None:
         # wait=False: a replica starts even while Postgres is down, and serves from Redis.
         await self.postgres.open(wait=False)
+        with contextlib.suppress(*REDIS_FAULTS):  # refreshes before now are in what we read
+            newest = await self.redis.xrevrange(REFRESHED_KEY, count=1)
+            self._refreshed_seen = newest[0][0] if newest else b"0-0"
         await self.refresh_live()  # serve the live version from the first request on
+        for dataset in DATASETS:
+            self._warm(dataset)
         self._watcher = asyncio.create_task(self._watch_live(), name="surge-live-versions")
 
     async def close(self) -> None:
         try:
-            if self._watcher is not None:
-                self._watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._watcher
+            for task in [self._watcher, *self._warmers.values()]:
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, *REDIS_FAULTS):
+                        await task
             await self.postgres.close()
         finally:
             await self.redis.aclose()
 
     async def refresh_live(self) -> bool:
-        """Read surge:live once; on any failure keep the versions already known.
+        """Read surge:live and the refreshes since the last read, in one round trip; on any
+        failure keep the versions already known.
 
         A dataset absent from surge:live (an empty or flushed Redis) reads version 0, like
         every other replica, so their write-backs land in the same keys."""
         try:
-            raw = await self.redis.hgetall(LIVE_KEY)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hgetall(LIVE_KEY)
+                pipe.xread({REFRESHED_KEY: self._refreshed_seen}, count=REFRESHED_KEEP)
+                raw, refreshed = await pipe.execute()
         except REDIS_FAULTS as exc:
             log.debug("live versions not refreshed: %r", exc)
             return False
+        for _stream, entries in refreshed or ():
+            for entry_id, fields in entries:
+                self._forget_refreshed(fields)
+                self._refreshed_seen = entry_id
         live = {name: parse_version(raw.get(name.encode())) for name in self.live}
         if live != self.live:
             log.info("live dataset versions: %s", live)
             # Records absent from the old version may exist in the new one.
             self.unknown.clear()
             self.live = live
+            for dataset in DATASETS:
+                if self.local.datasets[dataset.name].version != live[dataset.name]:
+                    self._warm(dataset)
         return True
 
+    def _forget_refreshed(self, fields: dict[bytes, bytes]) -> None:
+        """Another replica (or this one) refreshed a record: drop this replica's copy."""
+        for dataset in DATASETS:
+            if fields.get(b"dataset") == dataset.name.encode():
+                record_id = dataset.parse_id(fields.get(b"id", b"").decode())
+                if record_id is not None:
+                    self.local.discard(dataset.name, record_id)
+                    self.unknown.discard((dataset.name, record_id))
+
+    def _warm(self, dataset: Dataset) -> None:
+        """Start copying the live version of a dataset into this replica, replacing a copy of
+        another version (and any warm-up of it still running)."""
+        version = self.live[dataset.name]
+        self.local.switch(dataset.name, version)
+        previous = self._warmers.pop(dataset.name, None)
+        if previous is not None:
+            previous.cancel()
+        if self.local.max_bytes > 0:
+            task = asyncio.create_task(self._warm_version(dataset, version))
+            self._warmers[dataset.name] = task
+
+    async def _warm_version(self, dataset: Dataset, version: int) -> int:
+        started = perf_counter()
+        try:
+            added = await self.local.warm(dataset, version, self.redis)
+        except REDIS_FAULTS as exc:  # Redis down at start: requests fill the copy as they go
+            log.warning("local copy of %s v%d not warmed: %r", dataset.name, version, exc)
+            return 0
+        log.info(
+            "local copy of %s v%d: %d records in %.1f s",
+            dataset.name, version, added, perf_counter() - started,
+        )  # fmt: skip
+        return added
+
     async def _watch_live(self) -> None:
+        rounds = 0
         while True:
             await asyncio.sleep(self.settings.live_refresh_interval)
+            rounds += 1
             try:
                 await self.refresh_live()
             except Exception:  # a malformed surge:live, say: keep the versions, keep watching
                 log.exception("live versions not refreshed")
+            if rounds % POOL_CHECK_ROUNDS == 0:
+                # A replica nginx rarely sends work to (a spill-over backup) would otherwise keep
+                # connections Postgres dropped until a miss tripped over them, and answer 503.
+                with contextlib.suppress(*POSTGRES_FAULTS):
+                    await self.postgres.check()
 
     async def get(self, dataset: Dataset, record_id: Any) -> bytes | None:
         """The record's JSON bytes, or None when no such record exists.
 
         Raises ServiceUnavailable when Redis cannot answer and Postgres cannot either.
         """
+        outcome = self.metrics.outcomes[dataset.name]
+        body = self.local.get(dataset.name, record_id)
+        if body is not None:
+            outcome.local_hit.inc()
+            return body
         # One version for the whole lookup, write-back included: never a mix of two.
-        key, field = dataset.slot(record_id, self.live[dataset.name])
+        version = self.live[dataset.name]
+        key, field = dataset.slot(record_id, version)
         metrics, breaker = self.metrics, self.breaker
-        outcome = metrics.outcomes[dataset.name]
         redis_answered = False
         if breaker.allows():
             started = perf_counter()
@@ -232,6 +313,7 @@ class Lookup:
                 breaker.record_success()
                 if body is not None:
                     outcome.redis_hit.inc()
+                    self.local.put(dataset.name, version, record_id, body)
                     return body  # type: ignore[no-any-return]
 
         unknown_key = (dataset.name, record_id)
@@ -248,6 +330,7 @@ class Lookup:
             self.unknown.add(unknown_key)
             return None
         outcome.fallback_hit.inc()
+        self.local.put(dataset.name, version, record_id, body)
         if redis_answered:
             # Only after a plain miss: a Redis that just failed or timed out would make the
             # write-back wait out another timeout (Redis slow: timeout + Postgres + timeout).
@@ -264,18 +347,27 @@ class Lookup:
         body = await self.from_postgres(dataset, record_id)
         key, field = dataset.slot(record_id, version)
         try:
-            if body is None:
-                await self.redis.hdel(key, field)
-            else:
-                await self.redis.hset(key, field, body)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                if body is None:
+                    pipe.hdel(key, field)
+                else:
+                    pipe.hset(key, field, body)
+                # Every replica drops its own copy when it next reads the live versions.
+                pipe.xadd(
+                    REFRESHED_KEY,
+                    {"dataset": dataset.name, "id": str(record_id)},
+                    maxlen=REFRESHED_KEEP,
+                    approximate=True,
+                )
+                await pipe.execute()
         except REDIS_FAULTS as exc:
             log.warning("redis refresh failed: %r", exc)
             raise ServiceUnavailable(
                 detail="The cache is unavailable; retry shortly.",
                 headers={"Retry-After": str(self.settings.retry_after)},
             ) from None
-        # Only this replica's: the others forget within SURGE_NEGATIVE_CACHE_TTL.
         self.unknown.discard((dataset.name, record_id))
+        self.local.discard(dataset.name, record_id)
         return version, body is not None
 
     async def from_postgres(self, dataset: Dataset, record_id: Any) -> bytes | None:

@@ -54,7 +54,14 @@ ROUTES = {
 }
 OTHER_ROUTE = "other"
 
-OUTCOMES = ("redis_hit", "fallback_hit", "not_found", "negative_cache_hit", "unavailable")
+OUTCOMES = (
+    "local_hit",
+    "redis_hit",
+    "fallback_hit",
+    "not_found",
+    "negative_cache_hit",
+    "unavailable",
+)
 
 
 def route_of(path: str) -> str:
@@ -177,8 +184,9 @@ class Metrics:
         )
         self.lookups = _Family(
             "surge_lookups",
-            "Record lookups by dataset and outcome: redis_hit, fallback_hit (read from Postgres "
-            "after a Redis miss or fault), not_found, negative_cache_hit, unavailable (503).",
+            "Record lookups by dataset and outcome: local_hit (the replica's own copy), "
+            "redis_hit, fallback_hit (read from Postgres after a Redis miss or fault), "
+            "not_found, negative_cache_hit, unavailable (503).",
             ["dataset", "outcome"],
             _Count,
         )
@@ -235,6 +243,13 @@ class Metrics:
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, str(status)).inc()
         self._latency_children[route].observe(seconds)
+
+    def bound(self, route: str, method: str, status: int) -> tuple[Any, Any]:
+        """The request counter and latency histogram of one kind of answer, for a path that
+        counts its requests itself (api.fast_path)."""
+        if not self.enabled:
+            return _Uncounted(), _Uncounted()
+        return self.requests.labels(route, method, str(status)), self._latency_children[route]
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -63,6 +63,15 @@ class Settings:
     admin_token: str = ""
     """Bearer token of the /admin routes; empty (the default) leaves them out entirely."""
 
+    local_cache_mb: int = 1024
+    """MiB of rendered records each replica keeps in its own memory (warmed from Redis at start
+    and after each reseed); 0 turns the copy off. The default dataset takes about 800."""
+    http_max_age: int = 5
+    """Seconds a client or CDN may reuse a record without asking (Cache-Control max-age): the
+    longest a reader may see a record as it was before a reseed or refresh."""
+    http_stale_if_error: int = 300
+    """Seconds a CDN may keep serving its copy while surge answers with errors."""
+
     negative_cache_ttl: float = 30.0
     """Seconds an unknown id is remembered as unknown, so floods of it skip Postgres."""
     negative_cache_size: int = 100_000

@@ -73,6 +73,7 @@ from api.settings import Settings  # noqa: E402
 from bench import report_render  # noqa: E402
 from bench.api import APPS as DIRECT_APPS  # noqa: E402
 from bench.api import answers  # noqa: E402
+from bench.floor import Floor  # noqa: E402
 from bench.machine import machine  # noqa: E402
 from bench.replicas import Topology as LauncherTopology  # noqa: E402
 from bench.replicas import busy_cores_seconds, cpu_seconds  # noqa: E402
@@ -91,6 +92,10 @@ from stack.servers import (  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 K6 = ROOT / ".venv/bin/k6"
+# k6's Go collector, left to its default, takes both cores for about a second every ~13 s at
+# 3,000 VUs (CPU sampled per second): the server under test stalls behind the load generator.
+# Off until the heap reaches GOMEMLIMIT, which a run of a few minutes stays under.
+K6_GO_ENV = {"GOGC": "off", "GOMEMLIMIT": "6GiB"}
 OUT = ROOT / "docs/benchmarks"
 
 
@@ -104,7 +109,7 @@ FULL = {
     "seconds": 10,  # one wrk run
     "rounds": 3,  # alternating rounds per configuration
     "connections": 256,
-    "ramp_env": {},  # the script's own stages: 3,000 VUs, 5.5 min
+    "ramp_env": {"STAGES": "20s:3000,40s:3000"},  # the original write-up's: 20 s up, 40 s held
     "spike_env": {},  # 0 -> 3,000 in 5 s, held 1 m
     "k6_timeout": 900,
     "cold_ids": 30_000,
@@ -220,6 +225,7 @@ class Measure(Periodic):
         cpu = dict(self.cpu)
         cpu[loadgen] = cpu.pop("loadgen")
         run["cpu"] = {k: round(v, 3) for k, v in cpu.items()}
+        run["wall_s"] = round(self.wall, 2)
         run["store"] = self.store
         return run
 
@@ -249,7 +255,7 @@ def k6(
     cmd = [str(K6), "run", "--no-usage-report", "--quiet", "--address", f"127.0.0.1:{api_port}",
            "--summary-trend-stats", "avg,med,p(95),p(99),max",
            "--summary-export", str(summary), f"k6/{script}.js"]  # fmt: skip
-    k6_env = {**os.environ, "BASE_URL": url, **env}
+    k6_env = {**os.environ, **K6_GO_ENV, "BASE_URL": url, **env}
     with Timeline(replica_ports, api_port) as line:
         done = subprocess.run(
             cmd, cwd=ROOT, env=k6_env, capture_output=True, text=True, timeout=timeout
@@ -551,11 +557,28 @@ class Bench:
         }
 
     def k6_step(self, script: str, env: Mapping[str, str]) -> dict[str, Any]:
+        """One k6 scenario against the floor (nginx alone), the bare handler and surge, in that
+        order, in the same run: the same generator and machine for all three."""
         self.top.scale(self.default_replicas)
-        groups, ports = self.top.groups()
         k6_env = {"SURGE_STUDENTS": str(self.settings.students), **env}
+        timeout, work = self.p["k6_timeout"], self.work / "k6"
+        beside: dict[str, dict[str, Any]] = {}
+        with Floor(self.work / "nginx-floor") as floor, Measure({"nginx": floor.pids()}, {}) as m:
+            beside["floor"] = m.attach(
+                k6(script, floor.url, k6_env, timeout, work, {})["run"], "k6"
+            )
+        bare = BareTopology(self.settings, self.default_replicas, self.work / "nginx-bare")
+        try:
+            with Measure(bare.groups(), {}, self.stores) as m:
+                out = k6(script, bare.url, k6_env, timeout, work, {})
+            beside["bare handler"] = m.attach(out["run"], "k6")
+        finally:
+            bare.stop()
+        for name, other in beside.items():
+            say(f"{script} {name}: p95 {other['p95_ms']:.1f} ms, p99 {other['p99_ms']:.1f} ms")
+        groups, ports = self.top.groups()
         with Measure(groups, ports, self.stores) as m:
-            out = k6(script, self.top.url, k6_env, self.p["k6_timeout"], self.work / "k6", ports)
+            out = k6(script, self.top.url, k6_env, timeout, work, ports)
         run = m.attach(out["run"], "k6")
         say(
             f"{script}: {run['rps']:,.0f} req/s, failed {run['errors']:.0f}, "
@@ -564,8 +587,12 @@ class Bench:
         shape = ", ".join(f"{k}={v}" for k, v in env.items()) or "the script's default stages"
         return {
             "how": f"`k6 run k6/{script}.js` ({shape}) through nginx to "
-            f"{self.default_replicas} replica(s); k6 on the same machine.",
-            "runs": {"k6": run},
+            f"{self.default_replicas} replica(s); k6 on the same machine with "
+            f"{' '.join(f'{k}={v}' for k, v in K6_GO_ENV.items())}. The same script, back to "
+            "back: `floor` against an nginx answering every lookup itself with a fixed record "
+            "(bench/floor.py), `bare handler` against bench/bare_handler.py's replicas behind "
+            "the project's nginx, `k6` against surge.",
+            "runs": {"floor": beside["floor"], "bare handler": beside["bare handler"], "k6": run},
             "timeline": out["timeline"],
         }
 

@@ -1,6 +1,6 @@
 // The reference student-results test: random student ids over the whole dataset, ramping VUs to
 // 3,000, each waiting 0.5-2.5 s between lookups, as the original write-up did.
-// Contract (issue 5): no failed request, p95 < 100 ms, p99 < 250 ms.
+// Contract: no failed request, p95 < 20 ms, p99 < 100 ms.
 //
 //   make k6-ramp
 //   PEAK_VUS=300 make k6-ramp           the default stages scaled to a 300-VU peak

@@ -1,5 +1,5 @@
 // Spike: the moment results go live. 0 to 3,000 VUs within 5 s, held, random student ids with the
-// reference think time. Contract (issue 5): no failed request, p99 < 500 ms.
+// reference think time. Contract: no failed request, p99 < 100 ms.
 //
 //   make k6-spike
 //   PEAK_VUS, SPIKE_RISE, SPIKE_HOLD, SPIKE_FALL    3000, 5s, 1m, 10s

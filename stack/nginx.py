@@ -66,6 +66,29 @@ SERVER_PARAMS = "max_fails=3 fail_timeout=2s"
 turns two replicas' passing 503s into 10 s of 502 "no live upstreams"; with these a dead
 replica still costs only a few retried connects per 2 s."""
 
+SPILL_AT = 24
+"""Requests in flight on the first replica before nginx sends more to the others (its `backup`
+servers, SURGE_NGINX_SPILL_AT): light load packs onto one busy event loop, which costs about a
+third less CPU per request than two half-idle ones (docs/performance.md); a burst or a fixed
+concurrency beyond it uses every replica, and a failed first replica hands all to the others.
+The first replica is a backup too, uncapped, so that it still takes requests beyond the cap
+when the others are gone instead of nginx answering 502."""
+
+
+def upstream_servers(ports: Iterable[int], host: str, spill_at: int = SPILL_AT) -> str:
+    """The upstream block's server lines: the first replica capped at `spill_at` in flight,
+    the rest its backups (0: no cap, every replica equal under least_conn)."""
+    ports = list(ports)
+    if not ports:
+        raise ValueError("nginx needs at least one upstream port")
+    if spill_at <= 0 or len(ports) == 1:
+        return " ".join(f"server {host}:{p} {SERVER_PARAMS};" for p in ports)
+    first, *rest = ports
+    lines = [f"server {host}:{first} {SERVER_PARAMS} max_conns={spill_at};"]
+    lines += [f"server {host}:{p} {SERVER_PARAMS} backup;" for p in [*rest, first]]
+    return " ".join(lines)
+
+
 _PATHS = (
     "SURGE_NGINX_PID",
     "SURGE_NGINX_ERROR_LOG",
@@ -120,9 +143,9 @@ def local_values(
     (full placeholder names, e.g. SURGE_RATE_LIMIT="off").
     """
     prefix = Path(prefix).resolve()
-    servers = " ".join(f"server {host}:{p} {SERVER_PARAMS};" for p in upstream_ports)
-    if not servers:
-        raise ValueError("nginx needs at least one upstream port")
+    env = os.environ if environ is None else environ
+    spill_at = int(env.get("SURGE_NGINX_SPILL_AT") or SPILL_AT)
+    servers = upstream_servers(upstream_ports, host, spill_at)
     values = knobs_from_env(environ)
     values.update(
         {
@@ -377,6 +400,7 @@ __all__ = [
     "DEFAULTS",
     "LAYOUT",
     "SERVER_PARAMS",
+    "SPILL_AT",
     "TEMPLATE",
     "NginxError",
     "NginxServer",
@@ -385,4 +409,5 @@ __all__ = [
     "nginx_binary",
     "placeholders",
     "render_nginx_conf",
+    "upstream_servers",
 ]

@@ -96,6 +96,9 @@ def settings(postgres_server: PostgresServer, redis_server: RedisServer) -> Sett
         # Still above 2 x the 0.5 s version refresh + the Redis timeout, as in production; the
         # default 2 s would only make every reseed in the suite slower.
         reseed_grace=1.2,
+        # The store paths (Redis, Postgres, write-back) are what most tests exercise; the
+        # replica's own copy answers before them, so tests of it turn it on (test_local_copy).
+        local_cache_mb=0,
     )
     _Session.settings = s
     return s

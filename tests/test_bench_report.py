@@ -68,7 +68,8 @@ SAMPLE: dict[str, Any] = {
             },
         },
         "ramp": {
-            "runs": {"k6": run(1400, 20, 142.5, 240, cpu={"k6": 0.6, "api-1": 0.5, "api-2": 0.5})},
+            "runs": {"k6": run(1400, 20, 62.5, 90, wall_s=10,
+                               cpu={"k6": 0.6, "api-1": 0.12, "api-2": 0.1, "nginx": 0.05})},
             "timeline": [{"t": t, "rps": 100 * t, "p95_ms": 10.0 + t, "vus": 50 * t}
                          for t in range(10)],
         },
@@ -128,21 +129,24 @@ def by_name(results: dict) -> dict[tuple[str, str], rr.Target]:
 
 def test_targets_met_and_missed_by_how_much() -> None:
     found = by_name(SAMPLE)
-    fixed = found[("fixed", "surge req/s ≥ bare handler's")]
+    fixed = found[("fixed", "surge req/s ≥ 1.3 x the bare handler's")]
     assert not fixed.met
-    assert fixed.gap == pytest.approx(300)
-    assert fixed.gap_ratio == pytest.approx(300 / 5900)
+    assert fixed.gap == pytest.approx(1.3 * 5900 - 5600)
+    assert fixed.gap_ratio == pytest.approx((1.3 * 5900 - 5600) / (1.3 * 5900))
     assert found[("fixed", "surge errors")].met
 
     p95 = found[("ramp", "p95")]
     assert not p95.met and p95.gap == pytest.approx(42.5)
-    assert "missed by 42.5 ms (42% of the goal)" in p95.describe()
+    assert "missed by 42.5 ms (212% of the goal)" in p95.describe()
     assert found[("ramp", "p99")].met
     assert found[("ramp", "failed requests")].met
 
     assert ("spike", "p95") not in found  # the spike's contract is p99 and failures only
     assert not found[("spike", "failed requests")].met
-    assert found[("spike", "p99")].gap == pytest.approx(120)
+    assert found[("spike", "p99")].gap == pytest.approx(520)
+    # (0.12 + 0.1 + 0.05) cores x 10 s / 14,000 requests; k6's own CPU is not the server's
+    cpu = found[("ramp", "server CPU per request (replicas, nginx, Redis, Postgres)")]
+    assert cpu.measured == pytest.approx(0.27 * 10 / 14_000 * 1e6) and cpu.met
 
     cold = found[("cold", "cold pass / warm rate")]
     assert not cold.met and cold.measured == pytest.approx(0.30)
@@ -235,7 +239,7 @@ def test_saturation_verdicts() -> None:
 
 
 def test_why_is_computed_for_a_missed_target() -> None:
-    fixed = by_name(SAMPLE)[("fixed", "surge req/s ≥ bare handler's")]
+    fixed = by_name(SAMPLE)[("fixed", "surge req/s ≥ 1.3 x the bare handler's")]
     reason = rr.why(fixed, SAMPLE)
     assert "machine's 2 cores were saturated" in reason
     assert "µs of CPU per request" in reason

@@ -29,11 +29,13 @@ from stack.nginx import (
     DEFAULTS,
     LAYOUT,
     SERVER_PARAMS,
+    SPILL_AT,
     TEMPLATE,
     NginxServer,
     local_values,
     placeholders,
     render_nginx_conf,
+    upstream_servers,
 )
 
 HOST = "127.0.0.1"
@@ -156,14 +158,14 @@ def start_nginx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[.
     """Start an nginx with the local-launcher values for these upstream ports (+ overrides)."""
     started: list[NginxServer] = []
 
-    def start(upstream_ports: list[int], **overrides: str) -> NginxServer:
+    def start(upstream_ports: list[int], spill_at: int = SPILL_AT, **overrides: str) -> NginxServer:
         prefix = tmp_path_factory.mktemp("nginx")
         values = local_values(
             prefix,
             port=free_port(),
             status_port=free_port(),
             upstream_ports=upstream_ports,
-            environ={},
+            environ={"SURGE_NGINX_SPILL_AT": str(spill_at)},
             **{"SURGE_RATE_LIMIT": "off", **overrides},
         )
         server = NginxServer(prefix, values)
@@ -296,7 +298,26 @@ def test_python_render_equals_envsubst_render(tmp_path: Path) -> None:
     ours = render_nginx_conf(TEMPLATE, values)
     assert ours == envsubst_like_the_image(TEMPLATE_TEXT, values)
     assert "${" not in ours
-    assert f"server 127.0.0.1:1 {SERVER_PARAMS}; server 127.0.0.1:2 {SERVER_PARAMS};" in ours
+    assert (
+        f"server 127.0.0.1:1 {SERVER_PARAMS} max_conns={SPILL_AT}; "
+        f"server 127.0.0.1:2 {SERVER_PARAMS} backup; server 127.0.0.1:1 {SERVER_PARAMS} backup;"
+    ) in ours
+
+
+def test_upstream_packs_light_load_on_the_first_replica() -> None:
+    assert upstream_servers([1], HOST, 24) == f"server {HOST}:1 {SERVER_PARAMS};"
+    assert upstream_servers([1, 2], HOST, 0) == (
+        f"server {HOST}:1 {SERVER_PARAMS}; server {HOST}:2 {SERVER_PARAMS};"
+    )
+    three = upstream_servers([1, 2, 3], HOST, 8)
+    assert three.split("; ") == [
+        f"server {HOST}:1 {SERVER_PARAMS} max_conns=8",
+        f"server {HOST}:2 {SERVER_PARAMS} backup",
+        f"server {HOST}:3 {SERVER_PARAMS} backup",
+        f"server {HOST}:1 {SERVER_PARAMS} backup;",
+    ]
+    with pytest.raises(ValueError):
+        upstream_servers([], HOST)
 
 
 def test_render_refuses_missing_and_foreign_values(tmp_path: Path) -> None:
@@ -447,7 +468,9 @@ def test_stub_status_answers_on_its_own_port(main: NginxServer) -> None:
 
 @pytest.fixture(scope="module")
 def pair(start_nginx, replica_a: Replica, replica_b: Replica) -> NginxServer:
-    return start_nginx([replica_a.port, replica_b.port])
+    """Two equal replicas (no spill cap: compose's least_conn over every replica), for the
+    retry and failure rules; the local launcher's packing is test_stack_e2e's."""
+    return start_nginx([replica_a.port, replica_b.port], spill_at=0)
 
 
 def test_every_replica_gets_traffic(pair: NginxServer) -> None:

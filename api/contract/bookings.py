@@ -29,6 +29,11 @@ def booking_slot(booking_id: str, version: int) -> tuple[str, str]:
     return f"bookings:v{version}:{hexdigits[:_BUCKET_HEX_DIGITS]}", hexdigits[_BUCKET_HEX_DIGITS:]
 
 
+def booking_unslot(key: bytes, field: bytes) -> str:
+    h = (key.rsplit(b":", 1)[1] + field).decode()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 def _utc(column: str) -> str:
     return f"""to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')"""
 
@@ -137,6 +142,7 @@ BOOKINGS = Dataset(
     id_pattern=BOOKING_ID_PATTERN,
     parse_id=parse_booking_id,
     slot=booking_slot,
+    unslot=booking_unslot,
     select_one=_SELECT + "WHERE b.id = %s::uuid",
     select_all=_SELECT + "ORDER BY b.id",
     render=render_booking,

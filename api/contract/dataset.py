@@ -31,6 +31,10 @@ UNSEEDED_VERSION = 0
 # dataset name -> JSON of the seeder's fill behind the live version (seeder.redis_fill.Filled):
 # which Postgres load (seed, rows, loaded_at as stamp() writes it) it came from, records, hashes.
 MARKER_KEY = "surge:meta"
+# A stream of single-record refreshes (fields: dataset, id), newest REFRESHED_KEEP kept: every
+# replica reads it with surge:live and drops its own copy of each record named there.
+REFRESHED_KEY = "surge:refreshed"
+REFRESHED_KEEP = 10_000
 
 
 def stamp(moment: datetime) -> str:
@@ -60,6 +64,9 @@ class Dataset:
     slot: Callable[[Any, int], tuple[str, str]]
     """(Redis hash key, field) that holds the record with this canonical id in this dataset
     version: one f-string, as it runs on every request. Keys are "<name>:v<version>:<bucket>"."""
+    unslot: Callable[[bytes, bytes], Any]
+    """The canonical id of the record at (Redis hash key, field): slot() read backwards, for
+    copying a whole version out of Redis."""
     select_one: str
     """SQL for one record by canonical id (one parameter); columns as render() expects."""
     select_all: str

@@ -29,6 +29,10 @@ def student_slot(student_id: int, version: int) -> tuple[str, str]:
     return f"students:v{version}:{bucket}", str(field)
 
 
+def student_unslot(key: bytes, field: bytes) -> int:
+    return int(key.rsplit(b":", 1)[1]) * STUDENTS_PER_HASH + int(field)
+
+
 # Formatting happens in SQL (dates as text) so both paths hand render() the same values.
 _SELECT = """
 SELECT s.id, s.full_name, s.sex, to_char(s.birth_date, 'YYYY-MM-DD'), s.school, s.region,
@@ -115,6 +119,7 @@ STUDENTS = Dataset(
     id_pattern=STUDENT_ID_PATTERN,
     parse_id=parse_student_id,
     slot=student_slot,
+    unslot=student_unslot,
     select_one=_SELECT + "WHERE s.id = %s",
     select_all=_SELECT + "ORDER BY s.id",
     render=render_student,

@@ -1,0 +1,33 @@
+"""HTTP caching of records for what sits in front of surge (browsers, CDNs, nginx).
+
+The ETag is a digest of the exact bytes, so it is strong, the same on every replica, and changes
+with a reseed or a refresh only when the record itself does. Cache-Control bounds how long a
+reader may see a record as it was before a change (SURGE_HTTP_MAX_AGE).
+"""
+
+from __future__ import annotations
+
+from hashlib import blake2b
+
+from api.settings import Settings
+
+
+def etag(body: bytes) -> bytes:
+    return b'"' + blake2b(body, digest_size=12).hexdigest().encode() + b'"'
+
+
+def cache_control(settings: Settings) -> bytes:
+    return (
+        f"public, max-age={settings.http_max_age}, stale-if-error={settings.http_stale_if_error}"
+    ).encode()
+
+
+def matches(if_none_match: bytes | None, tag: bytes) -> bool:
+    """Whether If-None-Match names this entity (weak comparison, RFC 9110 13.1.2)."""
+    if not if_none_match:
+        return False
+    if if_none_match.strip() == b"*":
+        return True
+    return any(
+        candidate.strip().removeprefix(b"W/") == tag for candidate in if_none_match.split(b",")
+    )

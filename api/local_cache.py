@@ -1,0 +1,142 @@
+"""Each replica's own copy of rendered records: the bytes Redis holds, without the round trip.
+
+A published record does not change until a reseed (a new live version) or a single-record
+refresh, and on results day every reader asks again and again: the replica keeps the bytes it
+served, and warms itself with the whole live version from Redis at start and after each switch.
+Bounded in bytes; entries belong to one dataset version and are dropped with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from typing import Any
+
+from api.contract import Dataset
+
+log = logging.getLogger("surge.local_cache")
+
+# What one entry costs beyond its body: the dict slot, the key and the bytes object's header.
+ENTRY_OVERHEAD = 120
+
+
+class DatasetCache:
+    """One dataset's records of one version, oldest first (evicted first when full)."""
+
+    def __init__(self, version: int) -> None:
+        self.version = version
+        self.records: OrderedDict[Any, bytes] = OrderedDict()
+        self.bytes = 0
+        # Ids refreshed while a warm-up was reading Redis: its older copy must not land.
+        self.refreshed: set[Any] = set()
+
+
+class LocalCache:
+    """Rendered records per dataset, keyed by canonical id, for the dataset's live version."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.used = 0
+        self.datasets: dict[str, DatasetCache] = {}
+
+    def get(self, dataset: str, record_id: Any) -> bytes | None:
+        cache = self.datasets.get(dataset)
+        return None if cache is None else cache.records.get(record_id)
+
+    def put(self, dataset: str, version: int, record_id: Any, body: bytes) -> None:
+        """Keep a record read for `version`; ignored when that is no longer the cached one."""
+        cache = self.datasets.get(dataset)
+        if cache is None or cache.version != version or self.max_bytes <= 0:
+            return
+        size = len(body) + ENTRY_OVERHEAD
+        old = cache.records.pop(record_id, None)
+        if old is not None:
+            self._forget(cache, len(old) + ENTRY_OVERHEAD)
+        while self.used + size > self.max_bytes and self._evict_one():
+            pass
+        if self.used + size > self.max_bytes:
+            return
+        cache.records[record_id] = body
+        cache.bytes += size
+        self.used += size
+
+    def switch(self, dataset: str, version: int) -> None:
+        """The live version of a dataset is now `version`: drop what belonged to another."""
+        cache = self.datasets.get(dataset)
+        if cache is not None and cache.version == version:
+            return
+        if cache is not None:
+            self.used -= cache.bytes
+        self.datasets[dataset] = DatasetCache(version)
+
+    def discard(self, dataset: str, record_id: Any) -> None:
+        """A record was corrected (or removed) in the stores: serve it from them again."""
+        cache = self.datasets.get(dataset)
+        if cache is None:
+            return
+        cache.refreshed.add(record_id)
+        old = cache.records.pop(record_id, None)
+        if old is not None:
+            self._forget(cache, len(old) + ENTRY_OVERHEAD)
+
+    def records(self, dataset: str) -> int:
+        cache = self.datasets.get(dataset)
+        return 0 if cache is None else len(cache.records)
+
+    def _forget(self, cache: DatasetCache, size: int) -> None:
+        cache.bytes -= size
+        self.used -= size
+
+    def _evict_one(self) -> bool:
+        """Drop the oldest entry of the largest dataset; False when nothing is left."""
+        cache = max(self.datasets.values(), key=lambda c: c.bytes, default=None)
+        if cache is None or not cache.records:
+            return False
+        _, body = cache.records.popitem(last=False)
+        self._forget(cache, len(body) + ENTRY_OVERHEAD)
+        return True
+
+    async def warm(self, dataset: Dataset, version: int, redis: Any, batch: int = 10) -> int:
+        """Copy one version of a dataset from Redis, hash by hash, until the budget is spent.
+
+        Runs beside the requests on the same event loop: one pipeline of `batch` HGETALLs
+        (~1,000 students) at a time, yielding between them, so no request waits behind more
+        than a few milliseconds of it. Stops early when the live version moves on."""
+        cache = self.datasets.get(dataset.name)
+        if cache is None or cache.version != version:
+            return 0
+        cache.refreshed.clear()
+        added = 0
+        keys: list[bytes] = []
+        async for key in redis.scan_iter(match=dataset.version_pattern(version), count=1000):
+            keys.append(key)
+            if len(keys) >= batch:
+                added += await self._warm_batch(dataset, version, redis, keys)
+                keys = []
+                if self.datasets.get(dataset.name) is not cache or self.used >= self.max_bytes:
+                    return added
+        if keys:
+            added += await self._warm_batch(dataset, version, redis, keys)
+        return added
+
+    async def _warm_batch(
+        self, dataset: Dataset, version: int, redis: Any, keys: list[bytes]
+    ) -> int:
+        async with redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hgetall(key)
+            hashes = await pipe.execute()
+        cache = self.datasets.get(dataset.name)
+        if cache is None or cache.version != version:
+            return 0
+        added = 0
+        for key, fields in zip(keys, hashes, strict=True):
+            for field, body in fields.items():
+                record_id = dataset.unslot(key, field)
+                if record_id in cache.refreshed or record_id in cache.records:
+                    continue
+                self.put(dataset.name, version, record_id, body)
+                added += 1
+        await asyncio.sleep(0)  # let requests in between batches
+        return added

@@ -1,0 +1,193 @@
+"""Each replica's own copy of the records (api.local_cache) and the fast path that serves it
+(api.fast_path): the same answers as the full path, dropped on a reseed, a refresh reaching
+every replica, bounded in bytes, and HTTP caching (ETag, 304, Cache-Control)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from litestar.testing import TestClient
+
+from api.app import create_app
+from api.contract import BOOKINGS, DATASETS, LIVE_KEY, STUDENTS
+from api.local_cache import ENTRY_OVERHEAD, LocalCache
+from api.settings import Settings
+
+TOKEN = "test-admin-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def poll(condition: Callable[[], bool], timeout: float, what: str) -> float:
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < timeout, f"{what}: not within {timeout} s"
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+@contextmanager
+def replica(settings: Settings, **changes: Any) -> Iterator[TestClient]:
+    """An app as a replica runs it, its own copy warmed from Redis before the test uses it."""
+    app = create_app(dataclasses.replace(settings, **changes))
+    with TestClient(app=app) as client:
+        lookup = app.state.lookup
+        poll(lambda: all(t.done() for t in lookup._warmers.values()), 10, "warm-up")
+        yield client
+
+
+def lookups(client: TestClient, outcome: str) -> float:
+    lookup = client.app.state.lookup
+    return sum(lookup.metrics.outcomes[d.name].__dict__[outcome].value for d in DATASETS)
+
+
+def sample_ids(pg, dataset, n: int) -> list[Any]:
+    table = dataset.name
+    rows = pg.execute(f"SELECT id FROM {table} ORDER BY random() LIMIT %s", (n,)).fetchall()
+    return [row[0] if dataset is STUDENTS else str(row[0]) for row in rows]
+
+
+@pytest.fixture(scope="module")
+def copy_on(settings, seeded) -> Iterator[TestClient]:
+    with replica(settings, local_cache_mb=64, admin_token=TOKEN) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def copy_off(settings, seeded) -> Iterator[TestClient]:
+    with replica(settings, local_cache_mb=0) as client:
+        yield client
+
+
+def test_the_whole_live_version_is_copied_at_start(copy_on, settings):
+    local = copy_on.app.state.lookup.local
+    assert local.records(STUDENTS.name) == settings.students
+    assert local.records(BOOKINGS.name) == settings.bookings
+
+
+@pytest.mark.parametrize("dataset", DATASETS, ids=lambda d: d.name)
+def test_fast_path_answers_exactly_as_the_full_path(copy_on, copy_off, pg, dataset):
+    served_before = lookups(copy_on, "local_hit")
+    ids = sample_ids(pg, dataset, 20)
+    for record_id in ids:
+        path = f"/{dataset.name}/{record_id}"
+        body = copy_off.get(path).content
+        for method in ("GET", "HEAD"):
+            fast, full = copy_on.request(method, path), copy_off.request(method, path)
+            assert fast.status_code == full.status_code == 200
+            assert fast.content == full.content
+            for header in ("content-type", "content-length", "etag", "cache-control"):
+                assert fast.headers[header] == full.headers[header], header
+        tag = full.headers["etag"]
+        assert tag.startswith('"') and not tag.startswith('"W/')  # strong
+        for client in (copy_on, copy_off):
+            for sent in (tag, f'"other", {tag}', f"W/{tag}", "*"):
+                unchanged = client.get(path, headers={"If-None-Match": sent})
+                assert unchanged.status_code == 304, (sent, unchanged.text)
+                assert unchanged.content == b"" and unchanged.headers["etag"] == tag
+            changed = client.get(path, headers={"If-None-Match": '"something-else"'})
+            assert changed.status_code == 200 and changed.content == body
+    # every GET/HEAD/conditional GET above on copy_on came from the copy
+    assert lookups(copy_on, "local_hit") - served_before == len(ids) * 7
+    assert lookups(copy_off, "local_hit") == 0
+
+
+def test_cache_control_states_the_staleness_bound(copy_on, settings):
+    response = copy_on.get("/students/10000")
+    assert response.headers["cache-control"] == (
+        f"public, max-age={settings.http_max_age}, stale-if-error={settings.http_stale_if_error}"
+    )
+
+
+def test_the_copy_answers_without_redis(copy_on, rds, pg, restore):
+    (student,) = sample_ids(pg, STUDENTS, 1)
+    before = copy_on.get(f"/students/{student}").content
+    assert rds.hdel(*STUDENTS.live_slot(rds, student)) == 1
+    hits = lookups(copy_on, "local_hit")
+    assert copy_on.get(f"/students/{student}").content == before
+    assert lookups(copy_on, "local_hit") == hits + 1
+
+
+def test_bad_ids_and_unknown_records_still_go_the_full_way(copy_on):
+    assert copy_on.get("/students/007").status_code == 400
+    assert copy_on.get("/students/999999998").status_code == 404
+    assert copy_on.get("/students/10000/extra").status_code == 404
+    assert copy_on.post("/students/10000").status_code == 405
+
+
+def test_a_new_live_version_replaces_the_copy(copy_on, rds, restore):
+    """A reseed switches surge:live: the replica drops the old version's copy and warms the
+    new one, within its live-version refresh interval."""
+    student = 10_007
+    old = copy_on.get(f"/students/{student}").content
+    version = int(rds.hget(LIVE_KEY, STUDENTS.name)) + 1
+    new = old.replace(b'"name":"', b'"name":"Reseeded ', 1)
+    key, field = STUDENTS.slot(student, version)
+    rds.hset(key, field, new)
+    rds.hset(LIVE_KEY, STUDENTS.name, version)
+    try:
+        poll(lambda: copy_on.get(f"/students/{student}").content == new, 3, "new version")
+        local = copy_on.app.state.lookup.local
+        poll(lambda: local.records(STUDENTS.name) == 1, 3, "copy of the new version")
+        assert local.datasets[STUDENTS.name].version == version
+    finally:
+        rds.delete(key)
+
+
+def test_a_refresh_reaches_every_replica(copy_on, settings, pg, rds):
+    """POST /admin/{dataset}/{id}/refresh on one replica: every other drops its copy of that
+    record within the live-version refresh interval (they read surge:refreshed with it)."""
+    student = 10_043
+    with replica(settings, local_cache_mb=64) as other:
+        original = other.get(f"/students/{student}").json()
+        assert copy_on.get(f"/students/{student}").json() == original
+        pg.execute("UPDATE students SET full_name = 'Corrected Name' WHERE id = %s", (student,))
+        corrected = original | {"name": "Corrected Name"}
+        try:
+            assert other.get(f"/students/{student}").json() == original  # its copy, as before
+            response = copy_on.post(f"/admin/students/{student}/refresh", headers=AUTH)
+            assert response.status_code == 200, response.text
+            assert copy_on.get(f"/students/{student}").json() == corrected  # at once
+            took = poll(lambda: other.get(f"/students/{student}").json() == corrected, 3, "other")
+            assert took <= settings.live_refresh_interval + 0.5
+        finally:
+            pg.execute(
+                "UPDATE students SET full_name = %s WHERE id = %s", (original["name"], student)
+            )
+            copy_on.post(f"/admin/students/{student}/refresh", headers=AUTH)
+        poll(lambda: other.get(f"/students/{student}").json() == original, 3, "restored")
+
+
+def test_a_small_budget_bounds_the_copy(settings, seeded):
+    with replica(settings, local_cache_mb=1) as client:
+        local = client.app.state.lookup.local
+        assert 0 < local.used <= 2**20
+        assert local.records(STUDENTS.name) + local.records(BOOKINGS.name) < (
+            settings.students + settings.bookings
+        )
+        assert client.get("/students/10000").status_code == 200  # the rest from Redis
+
+
+def test_local_cache_evicts_oldest_and_keeps_one_version():
+    body = b"x" * 80
+    cache = LocalCache(max_bytes=3 * (len(body) + ENTRY_OVERHEAD))
+    cache.switch("students", 1)
+    for record_id in range(5):
+        cache.put("students", 1, record_id, body)
+    assert cache.records("students") == 3
+    assert cache.get("students", 0) is None and cache.get("students", 4) == body
+    assert cache.used == 3 * (len(body) + ENTRY_OVERHEAD)
+    cache.put("students", 2, 9, body)  # read for a version no longer (or not yet) live
+    assert cache.get("students", 9) is None
+    cache.discard("students", 4)
+    assert cache.get("students", 4) is None and cache.used == 2 * (len(body) + ENTRY_OVERHEAD)
+    cache.switch("students", 2)
+    assert cache.records("students") == 0 and cache.used == 0
+    too_big = LocalCache(max_bytes=10)
+    too_big.switch("students", 1)
+    too_big.put("students", 1, 1, body)
+    assert too_big.records("students") == 0 and too_big.used == 0
