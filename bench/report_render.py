@@ -132,7 +132,7 @@ def targets(results: Mapping[str, Any]) -> list[Target]:
                 FIXED_OVER_BARE * b["rps"],
                 True,
                 "req/s",
-            )  # fmt: skip
+            )
         )
         out.append(Target("fixed", "surge errors", s["errors"], 0, False, "errors"))
     for step, p95, p99 in (("ramp", 20.0, 100.0), ("spike", None, 100.0)):
