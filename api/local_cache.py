@@ -62,7 +62,8 @@ class LocalCache:
         self.used += size
 
     def switch(self, dataset: str, version: int) -> None:
-        """The live version of a dataset is now `version`: drop what belonged to another."""
+        """The live version of a dataset is now `version`: drop what belonged to another (and
+        with it the refreshes a warm-up of that version had to skip)."""
         cache = self.datasets.get(dataset)
         if cache is not None and cache.version == version:
             return
@@ -106,7 +107,6 @@ class LocalCache:
         cache = self.datasets.get(dataset.name)
         if cache is None or cache.version != version:
             return 0
-        cache.refreshed.clear()
         added = 0
         keys: list[bytes] = []
         async for key in redis.scan_iter(match=dataset.version_pattern(version), count=1000):

@@ -48,6 +48,8 @@ POSTGRES_FAULTS = (psycopg.Error, PoolTimeout, TooManyRequests, OSError)
 # amplifier (docs/reliability.md, "Faults under load"). So a timeout falls back for its own
 # request only; the circuit opens on faults that are certainly Redis's (refused, reset, errors).
 REDIS_TIMEOUTS = (RedisTimeoutError, TimeoutError)
+# Seconds before a warm-up of the replica's copy that Redis interrupted goes again.
+WARM_RETRY_S = 1.0
 # Idle Postgres connections are checked every this many live-version reads (2 s by default).
 POOL_CHECK_ROUNDS = 4
 
@@ -258,12 +260,16 @@ class Lookup:
             self._warmers[dataset.name] = task
 
     async def _warm_version(self, dataset: Dataset, version: int) -> int:
-        started = perf_counter()
-        try:
-            added = await self.local.warm(dataset, version, self.redis)
-        except REDIS_FAULTS as exc:  # Redis down at start: requests fill the copy as they go
-            log.warning("local copy of %s v%d not warmed: %r", dataset.name, version, exc)
-            return 0
+        started, added = perf_counter(), 0
+        while True:
+            try:
+                added += await self.local.warm(dataset, version, self.redis)
+                break
+            except REDIS_FAULTS as exc:
+                # Redis down, or a pipeline past SURGE_REDIS_TIMEOUT on a busy loop: requests
+                # fill the copy meanwhile; go again later (what is already held is skipped).
+                log.warning("local copy of %s v%d interrupted: %r", dataset.name, version, exc)
+                await asyncio.sleep(WARM_RETRY_S)
         log.info(
             "local copy of %s v%d: %d records in %.1f s",
             dataset.name, version, added, perf_counter() - started,

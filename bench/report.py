@@ -563,10 +563,10 @@ class Bench:
         k6_env = {"SURGE_STUDENTS": str(self.settings.students), **env}
         timeout, work = self.p["k6_timeout"], self.work / "k6"
         beside: dict[str, dict[str, Any]] = {}
-        with Floor(self.work / "nginx-floor") as floor, Measure({"nginx": floor.pids()}, {}) as m:
-            beside["floor"] = m.attach(
-                k6(script, floor.url, k6_env, timeout, work, {})["run"], "k6"
-            )
+        with Floor(self.work / "nginx-floor") as floor:
+            with Measure({"nginx": floor.pids()}, {}) as m:
+                out = k6(script, floor.url, k6_env, timeout, work, {})
+            beside["floor"] = m.attach(out["run"], "k6")
         bare = BareTopology(self.settings, self.default_replicas, self.work / "nginx-bare")
         try:
             with Measure(bare.groups(), {}, self.stores) as m:
