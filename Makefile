@@ -91,7 +91,7 @@ define k6_run
 		$(K6_ARGS) k6/$(1).js
 endef
 
-.PHONY: k6-smoke k6-ramp k6-spike k6-soak k6-breakpoint k6-mix
+.PHONY: k6-smoke k6-ramp k6-spike k6-soak k6-breakpoint k6-mix k6-results-day
 
 k6-smoke: deps ## k6: 3 VUs for 10 s, every kind of request checked (CI runs it too)
 	$(call k6_run,smoke,1)
@@ -110,3 +110,6 @@ k6-breakpoint: deps ## k6: arrival rate rising until a threshold aborts the run
 
 k6-mix: deps ## k6: students, bookings, unknown and malformed ids, checked per kind
 	$(call k6_run,mix,1)
+
+k6-results-day: deps ## k6: results go live: steep arrivals, each person looking several times
+	$(call k6_run,results-day)

@@ -213,8 +213,8 @@ class Lookup:
         """Read surge:live and the refreshes since the last read, in one round trip; on any
         failure keep the versions already known.
 
-        A dataset absent from surge:live (an empty or flushed Redis) reads version 0, like
-        every other replica, so their write-backs land in the same keys."""
+        A dataset absent from surge:live reads version 0 (a Redis never seeded), unless this
+        replica already serves a version of it: that one stays."""
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.hgetall(LIVE_KEY)
@@ -228,6 +228,11 @@ class Lookup:
                 self._forget_refreshed(fields)
                 self._refreshed_seen = entry_id
         live = {name: parse_version(raw.get(name.encode())) for name in self.live}
+        for name, version in live.items():
+            # Redis restarted empty or flushed: the records are as they were (only a seed
+            # changes them, and it names its version here), so keep the version and the copy.
+            if version == UNSEEDED_VERSION and self.live[name] != UNSEEDED_VERSION:
+                live[name] = self.live[name]
         if live != self.live:
             log.info("live dataset versions: %s", live)
             # Records absent from the old version may exist in the new one.

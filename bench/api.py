@@ -1,7 +1,7 @@
 """Throughput of one surge replica against the bare handler, in the same run, on the same data.
 
 The bare handler (bench/bare_handler.py) does one Redis read and returns the bytes: the yardstick
-DESIGN.md quotes (5.2-6.2k req/s for 2 replicas through nginx here). surge adds id validation,
+(5.2-6.2k req/s for 2 replicas through nginx on the development machine). surge adds id validation,
 the fallback path, the error shape, metrics; it must not be slower. surge also runs with
 SURGE_METRICS=off, to show what metrics cost (at most 5% of req/s). Both run as one Granian worker;
 wrk (-t1 -c256) asks for random student ids over the whole dataset; rounds alternate so the noise

@@ -1,6 +1,6 @@
 """The yardstick: a bare Litestar handler doing one Redis read and returning the stored bytes.
 
-No validation, no fallback, no error shape: what surge must not be slower than (DESIGN.md).
+No validation, no fallback, no error shape: the yardstick surge is measured against.
 Served by Granian exactly like surge (stack.servers.granian_command).
 """
 
@@ -25,4 +25,8 @@ def create_app() -> Litestar:
         body = await client.hget(*STUDENTS.slot(student_id, version))
         return Response(body or b"{}", media_type=MediaType.JSON)
 
-    return Litestar([student], openapi_config=None)
+    @get("/ready")
+    async def ready() -> dict[str, str]:  # k6's setup() refuses a target without it
+        return {"status": "ready"}
+
+    return Litestar([student, ready], openapi_config=None)

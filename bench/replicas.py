@@ -1,6 +1,6 @@
 """Throughput through nginx with 1, 2 and 3 replicas on this machine: what SURGE_REPLICAS is worth.
 
-On one machine more replicas can mean less throughput (DESIGN.md: a reference service fell from
+On one machine more replicas can mean less throughput (a reference booking service fell from
 1,817 to 699 req/s going from 1 to 3 instances), so the default is chosen from these figures.
 
 The topology is the real one, started by the launcher (`python -m stack up`, stack/launcher.py)

@@ -5,10 +5,16 @@ Steps (`--only NAME[,NAME]`), each bounded in time, configurations compared in t
   fixed     wrk -t1 -c256, random student ids over the whole dataset, through nginx (one worker,
             rate limit off) to the default replica count: surge, then the bare handler
             (bench/bare_handler.py) behind a second nginx from the same template, rounds
-            alternating. Target: surge >= the bare handler's req/s, zero errors.
-  ramp      k6/reference-ramp.js through nginx (3,000 VUs; 0 failed, p95 <= 100 ms, p99 <= 250 ms)
-  spike     k6/spike.js through nginx (3,000 VUs within 5 s; 0 failed, p99 <= 500 ms)
-  cold      the live version of the students' Redis hashes deleted (nothing else), a wrk pass of
+            alternating. Target: surge >= 1.3 x the bare handler's req/s, zero errors.
+  ramp      k6/reference-ramp.js (20 s to 3,000 VUs, held 40 s) against the floor (nginx alone
+            answering a fixed record, bench/floor.py), the bare handler and surge, back to back;
+            targets: 0 failed, p95 <= 20 ms, p99 <= 100 ms, server CPU <= 200 µs a request
+  spike     k6/spike.js the same way (3,000 VUs within 5 s; 0 failed, p99 <= 100 ms)
+  results_day
+            k6/results-day.js against surge: steep arrivals, each person looking several
+            times; p95/p99, failures and who answered (the replica's copy, Redis, Postgres)
+  cold      the live version of the students' Redis hashes deleted (nothing else) and the
+            replicas restarted (their own copies empty), a wrk pass of
             N fixed random ids (served via Postgres and written back), the same N ids again
             (warm), against a warm pass of other ids measured first; Redis is refilled after
             (`surge-seed`). Targets: cold >= 40% of warm, second pass at the warm rate.
@@ -25,12 +31,13 @@ Steps (`--only NAME[,NAME]`), each bounded in time, configurations compared in t
             failed request; replica memory grows < 5% from the baseline minute (1-2 min in) to
             the last; no count grows by more than max(2, 10%).
 
-The overload and soak targets are assertions (issue 6): a miss makes this exit 1 after writing
+The overload and soak targets are assertions: a miss makes this exit 1 after writing
 the report. The others are figures of a shared machine, reported met or missed.
 
 For every run: CPU per process (nginx, each replica, Redis, Postgres, the load generator; /proc
-before/after), and from each replica's /metrics the Postgres pool waits (max, sampled every
-0.5 s), failed store calls and lookups by outcome: which tier saturated first.
+before/after and every second), and from each replica's /metrics the Postgres pool waits (max,
+sampled every second), failed store calls and lookups by outcome: which tier saturated first.
+For the k6 runs also nginx's own times per second from its access log (bench/tiers.py).
 
 The nginx + replicas under test are the launcher's (`python -m stack up`), started in a run
 dir of their own on free ports with SURGE_RATE_LIMIT=off and no monitoring, against the stores
@@ -70,7 +77,7 @@ import redis  # noqa: E402
 
 from api.contract import LIVE_KEY, STUDENTS, parse_version  # noqa: E402
 from api.settings import Settings  # noqa: E402
-from bench import report_render  # noqa: E402
+from bench import report_render, tiers  # noqa: E402
 from bench.api import APPS as DIRECT_APPS  # noqa: E402
 from bench.api import answers  # noqa: E402
 from bench.floor import Floor  # noqa: E402
@@ -111,6 +118,7 @@ FULL = {
     "connections": 256,
     "ramp_env": {"STAGES": "20s:3000,40s:3000"},  # the original write-up's: 20 s up, 40 s held
     "spike_env": {},  # 0 -> 3,000 in 5 s, held 1 m
+    "results_day_env": {},  # the script's own: 300 arrivals/s at the peak, 70 s
     "k6_timeout": 900,
     "cold_ids": 30_000,
     "replicas": (1, 2, 3),
@@ -124,6 +132,7 @@ QUICK = {
     "connections": 64,
     "ramp_env": {"STAGES": "3s:60,4s:120,2s:0"},
     "spike_env": {"STAGES": "2s:150,4s:150,2s:0"},
+    "results_day_env": {"STAGES": "2s:20,4s:20,2s:0", "PREALLOCATED_VUS": "200"},
     "k6_timeout": 120,
     "cold_ids": 3_000,
     "replicas": (1, 2),
@@ -157,10 +166,20 @@ def store_pids(settings: Settings) -> dict[str, list[int]]:
     return out
 
 
+def load_generators() -> list[int]:
+    """This process's k6 or wrk children."""
+    found = []
+    for pid in child_pids(os.getpid()):
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/comm").read_text().strip() in ("k6", "wrk"):
+                found.append(pid)
+    return found
+
+
 class Measure(Periodic):
     """CPU per process group and the replicas' store metrics over one load run."""
 
-    interval = 0.5
+    interval = 1.0
 
     def __init__(
         self,
@@ -182,13 +201,27 @@ class Measure(Periodic):
         self.children = resource.getrusage(resource.RUSAGE_CHILDREN)
         self.busy = busy_cores_seconds()
         self.metrics_before = {n: scrape(p) for n, p in self.ports.items()}
-        self.started = time.monotonic()
+        self.started = self.last_tick = time.monotonic()
+        self.last_used: dict[str, float] = {}
+        self.series: list[dict[str, float]] = []
         return super().__enter__()
 
     def tick(self) -> None:
         for port in self.ports.values():
             waiting = scrape(port).get("surge_postgres_pool_waiting", 0.0)
             self.waiting_max = max(self.waiting_max, waiting)
+        # CPU per process every tick: a stall of a second shows, which run totals average away.
+        now = time.monotonic()
+        used = {name: cpu_seconds(pids) for name, pids in self.groups.items()}
+        used["loadgen"] = cpu_seconds(load_generators())
+        if self.last_used:
+            span = max(now - self.last_tick, 1e-6)
+            point = {"t": round(now - self.started, 1)}
+            point |= {
+                n: round(max(0.0, used[n] - self.last_used.get(n, used[n])) / span, 3) for n in used
+            }
+            self.series.append(point)
+        self.last_used, self.last_tick = used, now
 
     def __exit__(self, *exc: object) -> None:
         self.wall = max(time.monotonic() - self.started, 1e-6)
@@ -226,6 +259,10 @@ class Measure(Periodic):
         cpu[loadgen] = cpu.pop("loadgen")
         run["cpu"] = {k: round(v, 3) for k, v in cpu.items()}
         run["wall_s"] = round(self.wall, 2)
+        run["cpu_series"] = [
+            {(loadgen if k == "loadgen" else k): v for k, v in point.items()}
+            for point in self.series
+        ]
         run["store"] = self.store
         return run
 
@@ -386,6 +423,7 @@ class Topology(LauncherTopology):
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
+        self.env["SURGE_NGINX_ACCESS_LOG"] = "on"  # nginx's own view of each k6 run (tiers)
         self.replicas = 0
 
     def scale(self, n: int) -> None:
@@ -414,6 +452,10 @@ class Topology(LauncherTopology):
     @property
     def status_url(self) -> str:
         return f"http://{HOST}:{self.layout.nginx_status_port}/stub_status"
+
+    @property
+    def access_log(self) -> Path:
+        return self.layout.nginx_prefix / "logs" / "access.log"
 
     def down(self) -> None:
         try:
@@ -449,6 +491,7 @@ class BareTopology:
             status_port=free_port(),
             upstream_ports=self.ports,
             SURGE_RATE_LIMIT="off",
+            SURGE_NGINX_ACCESS_LOG="on",
         )
         self.nginx = NginxServer(prefix, values)
         self.nginx.start()
@@ -576,10 +619,7 @@ class Bench:
             bare.stop()
         for name, other in beside.items():
             say(f"{script} {name}: p95 {other['p95_ms']:.1f} ms, p99 {other['p99_ms']:.1f} ms")
-        groups, ports = self.top.groups()
-        with Measure(groups, ports, self.stores) as m:
-            out = k6(script, self.top.url, k6_env, timeout, work, ports)
-        run = m.attach(out["run"], "k6")
+        run, timeline = self.surge_k6(script, k6_env)
         say(
             f"{script}: {run['rps']:,.0f} req/s, failed {run['errors']:.0f}, "
             f"p95 {run['p95_ms']:.1f} ms, p99 {run['p99_ms']:.1f} ms"
@@ -593,7 +633,45 @@ class Bench:
             "(bench/floor.py), `bare handler` against bench/bare_handler.py's replicas behind "
             "the project's nginx, `k6` against surge.",
             "runs": {"floor": beside["floor"], "bare handler": beside["bare handler"], "k6": run},
-            "timeline": out["timeline"],
+            "timeline": timeline,
+        }
+
+    def surge_k6(
+        self, script: str, k6_env: Mapping[str, str]
+    ) -> tuple[dict[str, Any], list[dict[str, float]]]:
+        """One k6 run against surge: its figures, CPU, nginx's view of it, and its timeline."""
+        groups, ports = self.top.groups()
+        since = time.time()
+        with Measure(groups, ports, self.stores) as m:
+            out = k6(script, self.top.url, k6_env, self.p["k6_timeout"], self.work / "k6", ports)
+        run = m.attach(out["run"], "k6")
+        time.sleep(1.5)  # nginx flushes its buffered access log every second
+        run["tiers"] = tiers.nginx_view(self.top.access_log, since, time.time())
+        return run, out["timeline"]
+
+    def results_day(self) -> dict[str, Any]:
+        self.top.scale(self.default_replicas)
+        env = {"SURGE_STUDENTS": str(self.settings.students), **self.p["results_day_env"]}
+        run, timeline = self.surge_k6("results-day", env)
+        lookups = run["store"]["lookups"]
+        total = sum(lookups.values()) or 1.0
+        say(
+            f"results-day: {run['rps']:,.0f} req/s, failed {run['errors']:.0f}, p95 "
+            f"{run['p95_ms']:.1f} ms, p99 {run['p99_ms']:.1f} ms; lookups "
+            + ", ".join(f"{k} {v / total:.1%}" for k, v in sorted(lookups.items()))
+        )
+        shape = ", ".join(f"{k}={v}" for k, v in env.items())
+        return {
+            "how": f"`k6 run k6/results-day.js` ({shape}) through nginx to "
+            f"{self.default_replicas} replica(s), k6 as in the ramp: people arriving at a rate "
+            "rising to its peak in 10 s and decaying, each looking up their own id several "
+            "times a few seconds apart, 3% mistyping it first (400/404 are right answers).",
+            "runs": {"k6": run},
+            "layers": {
+                "nginx micro-cache": "off (SURGE_NGINX_MICROCACHE)",
+                **{k: f"{v:,.0f} ({v / total:.1%})" for k, v in sorted(lookups.items())},
+            },
+            "timeline": timeline,
         }
 
     def ramp(self) -> dict[str, Any]:
@@ -613,7 +691,8 @@ class Bench:
                 "student_pass.lua", FIRST_STUDENT_ID, self.last_id, count, 1
             )
             deleted = clear_live_students(client)
-            say(f"cold: deleted {deleted:,} live student hashes")
+            say(f"cold: deleted {deleted:,} live student hashes; replicas restarted")
+            self.top.launcher("restart")  # and their own copies of the students with them
             runs["cold pass"] = self.surge_wrk(
                 "student_pass.lua", FIRST_STUDENT_ID, self.last_id, count, 2
             )
@@ -630,7 +709,8 @@ class Bench:
             f"seed (`bench/student_pass.lua`), wrk -c{self.p['connections']} through nginx to "
             f"{self.default_replicas} replica(s). `warm`: other ids, Redis full. Then the live "
             f"version's student hashes were deleted ({deleted:,}; bookings and the version "
-            "pointer left alone): `cold pass` read every id from Postgres and wrote it back; "
+            "pointer left alone) and the replicas restarted, so that their own copies held no "
+            "student either: `cold pass` read every id from Postgres and wrote it back; "
             "`second pass` asked for the same ids again. Afterwards the hashes were deleted "
             "again and `surge-seed` refilled Redis from Postgres.",
             "runs": runs,
@@ -727,7 +807,7 @@ class Bench:
             "runs": {k: median_run(v) for k, v in rounds.items()},
         }
 
-    # -- reliability (issue 6): asserted, not only reported -----------------------------------
+    # -- reliability: asserted, not only reported ---------------------------------------------
 
     def statuses_wrk(
         self, seconds: int, connections: int, *args: object, threads: int = 1

@@ -16,11 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-STEPS = ("fixed", "ramp", "spike", "cold", "replicas", "metrics", "overload", "soak")
+STEPS = (
+    "fixed", "ramp", "spike", "results_day", "cold", "replicas", "metrics", "overload", "soak",
+)  # fmt: skip
 TITLES = {
     "fixed": "Fixed concurrency: surge vs the bare handler, through nginx",
     "ramp": "The 3,000-VU reference ramp (k6)",
     "spike": "Spike to 3,000 VUs within 5 s (k6)",
+    "results_day": "Results day: steep arrivals, each person looking several times (k6)",
     "cold": "Cold cache: Redis emptied, served via Postgres, then warm",
     "replicas": "1 vs 2 vs 3 replicas behind nginx",
     "metrics": "Metrics on vs off (one replica, no nginx)",
@@ -28,7 +31,7 @@ TITLES = {
     "soak": "Soak at half capacity: does anything grow?",
 }
 ASSERTED = ("overload", "soak")
-"""Steps whose targets are assertions (issue 6): a miss makes `make bench` exit non-zero. The
+"""Steps whose targets are assertions: a miss makes `make bench` exit non-zero. The
 others are performance figures of a shared machine: reported met or missed, never failing."""
 OVERLOAD_REFUSAL_P99_MS = 250.0
 """'Fast 503': the probe's refusals at three times capacity (measured 60-105 ms on the 2 busy
@@ -118,7 +121,7 @@ def server_us_per_request(run: Mapping[str, Any]) -> float:
 
 
 def targets(results: Mapping[str, Any]) -> list[Target]:
-    """Issue 5's targets, for the steps that ran."""
+    """The performance and reliability targets, for the steps that ran."""
     steps = results.get("steps", {})
     out: list[Target] = []
     fixed = steps.get("fixed", {}).get("runs", {})
@@ -135,7 +138,11 @@ def targets(results: Mapping[str, Any]) -> list[Target]:
             )
         )
         out.append(Target("fixed", "surge errors", s["errors"], 0, False, "errors"))
-    for step, p95, p99 in (("ramp", 20.0, 100.0), ("spike", None, 100.0)):
+    for step, p95, p99 in (
+        ("ramp", 20.0, 100.0),
+        ("spike", None, 100.0),
+        ("results_day", 20.0, 100.0),
+    ):
         run = steps.get(step, {}).get("runs", {}).get("k6")
         if not run:
             continue
@@ -352,6 +359,7 @@ def why(target: Target, results: Mapping[str, Any]) -> str:
         "fixed": "surge",
         "ramp": "k6",
         "spike": "k6",
+        "results_day": "k6",
         "metrics": "metrics on",
         "overload": "recovery" if target.name.startswith("recovery") else "3x capacity",
         "soak": "soak",
@@ -514,6 +522,17 @@ def markdown(results: Mapping[str, Any], charts: Iterable[str] = ()) -> str:
             cpu = cpu_table(runs, nproc)
             if cpu:
                 lines += ["CPU (cores) per process and what the replicas reported:", "", cpu, ""]
+        tiers = tiers_table(step)
+        if tiers:
+            lines += [
+                "Latency of surge's run at each tier (ms): the client (k6's summary), nginx "
+                "(`$request_time`, its access log), the replica's part of it "
+                "(`$upstream_response_time`), and the worst single second of each; CPU of "
+                "the serving processes per request:",
+                "",
+                tiers,
+                "",
+            ]
         probe = step.get("probe", {})
         if probe:
             lines += ["The probe's lookups, each on a new connection:", "", probe_table(probe), ""]
@@ -526,6 +545,11 @@ def markdown(results: Mapping[str, Any], charts: Iterable[str] = ()) -> str:
                 resources_table(resources),
                 "",
             ]
+        layers = step.get("layers", {})
+        if layers:
+            lines += ["Who answered the lookups (the replicas' counters over the run):", "",
+                      "| layer | answers |", "|---|---|"]  # fmt: skip
+            lines += [f"| {k} | {v} |" for k, v in layers.items()] + [""]
         for note in step.get("notes", []):
             lines += [note, ""]
     charts = list(charts)
@@ -555,6 +579,50 @@ def _all_runs(results: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]
         for label, run in results.get("steps", {}).get(name, {}).get("runs", {}).items():
             out.append((f"{name}: {label}", run))
     return out
+
+
+def tiers_table(step: Mapping[str, Any]) -> str:
+    """Client, nginx and upstream latency of a k6 step's surge run, and CPU per request per
+    process kind, for each run of the step (floor, bare handler, surge)."""
+    runs = step.get("runs", {})
+    surge = runs.get("k6", {})
+    view = surge.get("tiers") or {}
+    if not view:
+        return ""
+    series = view.get("series", [])
+    worst = {
+        "request": max((p["request_p99_ms"] for p in series), default=0.0),
+        "upstream": max((p["upstream_p99_ms"] for p in series), default=0.0),
+    }
+    rows = [
+        "| tier | p50 | p95 | p99 | max | worst second's p99 |",
+        "|---|---|---|---|---|---|",
+        f"| client (k6) | {surge['p50_ms']:.1f} | {surge['p95_ms']:.1f} | "
+        f"{surge['p99_ms']:.1f} | {surge.get('max_ms', 0):.1f} | |",
+    ]
+    for label, key in (("nginx `$request_time`", "request"), ("upstream", "upstream")):
+        q = view.get(f"{key}_ms", {})
+        rows.append(
+            f"| {label} | {q.get('p50', 0):.1f} | {q.get('p95', 0):.1f} | {q.get('p99', 0):.1f}"
+            f" | {q.get('max', 0):.1f} | {worst[key]:.1f} |"
+        )
+    rows += ["", "| run | " + " | ".join(f"{k} µs/request" for k in CPU_KINDS) + " |",
+             "|---" * (len(CPU_KINDS) + 1) + "|"]  # fmt: skip
+    for name, run in runs.items():
+        requests = run.get("requests") or 0
+        if not requests:
+            continue
+        per_kind = dict.fromkeys(CPU_KINDS, 0.0)
+        for proc, cores in run.get("cpu", {}).items():
+            kind = "replicas" if process_kind(proc) in ("api", "bare") else process_kind(proc)
+            if kind in per_kind:
+                per_kind[kind] += cores * run.get("wall_s", 0.0) / requests * 1e6
+        label = "surge" if name == "k6" else name
+        rows.append(f"| {label} | " + " | ".join(f"{v:.0f}" for v in per_kind.values()) + " |")
+    return "\n".join(rows)
+
+
+CPU_KINDS = ("replicas", "nginx", "redis", "postgres", "k6")
 
 
 def charts(results: Mapping[str, Any], out_dir: Path) -> list[Path]:
@@ -630,6 +698,44 @@ def charts(results: Mapping[str, Any], out_dir: Path) -> list[Path]:
             lines2 = ax2.get_legend_handles_labels()
             ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="upper left")
         save(fig, "k6-timeline.png")
+
+    for name in ("ramp", "spike", "results_day"):
+        step = results.get("steps", {}).get(name, {})
+        surge = step.get("runs", {}).get("k6", {})
+        per_second = (surge.get("tiers") or {}).get("series") or []
+        cpu = surge.get("cpu_series") or []
+        replicas = step.get("timeline") or []
+        if not per_second and not cpu:
+            continue
+        fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6.5), sharex=False)
+        t = [p["t"] for p in per_second]
+        for key, label, style in (
+            ("request_p99_ms", "nginx $request_time p99", "-"),
+            ("request_p95_ms", "nginx $request_time p95", "--"),
+            ("upstream_p99_ms", "upstream (replica) p99", ":"),
+        ):
+            top.plot(t, [p[key] for p in per_second], ls=style, label=label)
+        if replicas:
+            top.plot([p["t"] for p in replicas], [p["p95_ms"] for p in replicas],
+                     ls="-.", label="replicas' own p95")  # fmt: skip
+        top.axhline(surge.get("p99_ms", 0), color="black", lw=0.8, label="client (k6) p99, run")
+        top.set_yscale("symlog", linthresh=1)
+        top.set_ylabel("ms")
+        top.set_title(f"{name}: latency per second at each tier")
+        top.legend(fontsize=7, loc="upper right")
+        kinds: dict[str, list[float]] = {}
+        for i, point in enumerate(cpu):
+            for proc, cores in point.items():
+                if proc != "t":
+                    kinds.setdefault(process_kind(proc), [0.0] * len(cpu))[i] += cores
+        ct = [p["t"] for p in cpu]
+        if kinds:
+            bottom.stackplot(ct, *kinds.values(), labels=list(kinds))
+        bottom.set_ylabel("cores (1 s samples)")
+        bottom.set_xlabel("seconds")
+        bottom.set_title("CPU per process kind")
+        bottom.legend(fontsize=7, loc="upper right")
+        save(fig, f"tiers-{name}.png")
 
     series = results.get("steps", {}).get("soak", {}).get("series") or []
     if series:

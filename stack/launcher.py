@@ -16,7 +16,7 @@ process group (nginx workers, Granian's worker, Postgres backends). Everything `
 polled until it answers, never waited for with a fixed sleep.
 
 Where and on which ports is Layout (env: SURGE_RUN_DIR, SURGE_HTTP_PORT, ...): the defaults are
-DESIGN.md's (8080, 9090, ./.run); the tests and benchmarks use a temp dir and free ports.
+the documented ones (8080, 9090, ./.run); the tests and benchmarks use a temp dir and free ports.
 """
 
 from __future__ import annotations

@@ -74,6 +74,17 @@ SAMPLE: dict[str, Any] = {
                          for t in range(10)],
         },
         "spike": {"runs": {"k6": run(1500, 30, 300, 620, errors=3)}},
+        "results_day": {
+            "runs": {"k6": run(1200, 1, 4, 9, wall_s=10, cpu={"api-1": 0.2, "nginx": 0.07},
+                               tiers={"requests": 12_000,
+                                      "request_ms": {"p50": 0.5, "p95": 2, "p99": 5, "max": 30},
+                                      "upstream_ms": {"p50": 0.4, "p95": 1, "p99": 3, "max": 9},
+                                      "series": [{"t": 0, "requests": 1200, "request_p95_ms": 2,
+                                                  "request_p99_ms": 5, "upstream_p95_ms": 1,
+                                                  "upstream_p99_ms": 3}]},
+                               cpu_series=[{"t": 1.0, "api-1": 0.2, "nginx": 0.07, "k6": 0.5}])},
+            "layers": {"local_hit": "11,000 (97.0%)", "not_found": "340 (3.0%)"},
+        },
         "cold": {
             "runs": {
                 "warm": run(6000, 20, 40, 60),
@@ -285,6 +296,7 @@ def test_charts_are_written_as_png(tmp_path: Path) -> None:
         "latency.png",
         "k6-timeline.png",
         "soak.png",
+        "tiers-results_day.png",
         "cpu.png",
     }
     for path in written:

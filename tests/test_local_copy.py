@@ -138,6 +138,22 @@ def test_a_new_live_version_replaces_the_copy(copy_on, rds, restore):
         rds.delete(key)
 
 
+def test_a_flushed_redis_leaves_the_copy_serving(copy_on, rds, restore):
+    """Redis restarted empty (or FLUSHALL): nothing changed in Postgres, so the replica keeps
+    its version and its copy instead of dropping both."""
+    local = copy_on.app.state.lookup.local
+    version = local.datasets[STUDENTS.name].version
+    held = local.records(STUDENTS.name)
+    before = copy_on.get("/students/10011").content
+    rds.flushall()
+    time.sleep(1.5)  # three reads of surge:live
+    assert local.datasets[STUDENTS.name].version == version
+    assert local.records(STUDENTS.name) == held
+    hits = lookups(copy_on, "local_hit")
+    assert copy_on.get("/students/10011").content == before
+    assert lookups(copy_on, "local_hit") == hits + 1
+
+
 def test_a_refresh_reaches_every_replica(copy_on, settings, pg, rds):
     """POST /admin/{dataset}/{id}/refresh on one replica: every other drops its copy of that
     record within the live-version refresh interval (they read surge:refreshed with it)."""

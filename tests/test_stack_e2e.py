@@ -310,7 +310,7 @@ def test_down_leaves_no_process_behind(stack: LocalStack) -> None:
 
 def test_layout_defaults_are_the_documented_ports() -> None:
     layout = Layout.from_env({})
-    assert (layout.http_port, layout.prometheus_port) == (8080, 9090)  # DESIGN.md
+    assert (layout.http_port, layout.prometheus_port) == (8080, 9090)  # the README's
     assert layout.run == ROOT / ".run"
     assert layout.replica_port(1) == 8001 and layout.nginx_prefix == ROOT / ".run" / "nginx"
     custom = Layout.from_env({"SURGE_HTTP_PORT": "18080", "SURGE_RUN_DIR": "/tmp/x"})

@@ -11,7 +11,7 @@ from typing import Any
 SCHEMA_SQL: str = files("api.contract").joinpath("schema.sql").read_text(encoding="utf-8")
 
 # Records live in Redis hashes of ~100 entries, kept listpack-encoded: ~578 B/record against
-# ~675 B for a key per record (measured, see DESIGN.md). Records are ~400-600 B of JSON, above
+# ~675 B for a key per record (docs/architecture.md). Records are ~400-600 B of JSON, above
 # Redis's default 64-byte listpack value limit, so the limit is raised. Entries stay at the
 # default 128: a 1,000-entry listpack made HGET ~10x slower server-side.
 REDIS_HASH_CONFIG: dict[str, str] = {

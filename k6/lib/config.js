@@ -20,6 +20,14 @@ export const LAST_STUDENT_ID = FIRST_STUDENT_ID + STUDENTS - 1;
 export const THINK_MIN = numberEnv('THINK_MIN', 0.5);
 export const THINK_MAX = Math.max(THINK_MIN, numberEnv('THINK_MAX', 2.5));
 
+// results-day.js: how many times one person looks their result up, how far apart, and the share
+// of people who first mistype their registration number.
+export const LOOKS_MIN = intEnv('LOOKS_MIN', 2, 1);
+export const LOOKS_MAX = Math.max(LOOKS_MIN, intEnv('LOOKS_MAX', 5, 1));
+export const LOOK_GAP_MIN = numberEnv('LOOK_GAP_MIN', 2);
+export const LOOK_GAP_MAX = Math.max(LOOK_GAP_MIN, numberEnv('LOOK_GAP_MAX', 6));
+export const MISTYPED_SHARE = Math.min(1, numberEnv('MISTYPED_SHARE', 0.03));
+
 /** An integer from the environment ("664_824" reads like the figures in the docs). */
 export function intEnv(name, fallback, min = 0) {
   const raw = (__ENV[name] || '').trim().replace(/_/g, '');

@@ -112,3 +112,28 @@ export function mixShape() {
     gracefulRampDown: '10s',
   };
 }
+
+/**
+ * Results going live: people arriving (new iterations a second) rising to PEAK_ARRIVALS (300)
+ * within 10 s, held 10 s, decaying to a quarter over 40 s, then to none over 10 s. Each person
+ * stays for several lookups (resultsDayIteration), so the VUs in use are about arrivals x the
+ * seconds a person stays. STAGES (duration:arrivals a second) replaces the stages.
+ */
+export function resultsDayShape() {
+  const peak = intEnv('PEAK_ARRIVALS', 300, 1);
+  const stages = [
+    { duration: '10s', target: peak },
+    { duration: '10s', target: peak },
+    { duration: '40s', target: Math.round(peak / 4) },
+    { duration: '10s', target: 0 },
+  ];
+  return {
+    executor: 'ramping-arrival-rate',
+    startRate: 0,
+    timeUnit: '1s',
+    preAllocatedVUs: intEnv('PREALLOCATED_VUS', 3000, 1),
+    maxVUs: intEnv('MAX_VUS', 4000, 1),
+    stages: stagesEnv('STAGES', stages),
+    gracefulStop: '30s',
+  };
+}

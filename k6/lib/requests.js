@@ -1,10 +1,21 @@
 // One function per kind of request: build the URL, send it named by route (never by raw URL),
 // run the kind's checks. Kinds are also the `kind` tag on requests and checks.
+import exec from 'k6/execution';
 import http from 'k6/http';
 import { sleep } from 'k6';
 
 import { checkProblem, checkRecord } from './checks.js';
-import { BASE_URL, REQUEST_PARAMS, THINK_MAX, THINK_MIN } from './config.js';
+import {
+  BASE_URL,
+  LOOK_GAP_MAX,
+  LOOK_GAP_MIN,
+  LOOKS_MAX,
+  LOOKS_MIN,
+  MISTYPED_SHARE,
+  REQUEST_PARAMS,
+  THINK_MAX,
+  THINK_MIN,
+} from './config.js';
 import {
   bookingId,
   malformedBookingId,
@@ -43,10 +54,10 @@ export const MIX_WEIGHTS = {
   malformed_booking: 2,
 };
 
-/** Send one request of this kind and check its answer; returns the response. */
-export function lookup(kind) {
+/** Send one request of this kind (for this id, or a new one) and check its answer. */
+export function lookup(kind, given) {
   const [route, makeId, verify] = KINDS[kind];
-  const id = makeId();
+  const id = given === undefined ? makeId() : given;
   const res = http.get(`${BASE_URL}${route.replace('{id}', id)}`, {
     ...REQUEST_PARAMS,
     tags: { name: route, kind },
@@ -94,6 +105,26 @@ const nextMixKind = weightedKinds(MIX_WEIGHTS);
  */
 export function expectMixAnswers() {
   http.setResponseCallback(http.expectedStatuses(200, 400, 404));
+}
+
+/**
+ * One person on results day: a share of them first mistype their registration number (an
+ * unknown or a malformed id), then everyone looks up their own result LOOKS_MIN..LOOKS_MAX times,
+ * LOOK_GAP_MIN..LOOK_GAP_MAX seconds apart (reloading, showing it to family).
+ */
+export function resultsDayIteration() {
+  if (Math.random() < MISTYPED_SHARE) {
+    // Half of them a number that is no one's, half one that is not a number: alternately.
+    const mistake = exec.scenario.iterationInTest % 2 ? 'malformed_student' : 'unknown_student';
+    lookup(mistake);
+    thinkTime(LOOK_GAP_MIN, LOOK_GAP_MAX);
+  }
+  const own = studentId();
+  const looks = LOOKS_MIN + Math.floor(Math.random() * (LOOKS_MAX - LOOKS_MIN + 1));
+  for (let i = 0; i < looks; i += 1) {
+    if (i > 0) thinkTime(LOOK_GAP_MIN, LOOK_GAP_MAX);
+    lookup('student', own);
+  }
 }
 
 /** One VU iteration of the realistic mix: a kind drawn by MIX_WEIGHTS, then think time. */
