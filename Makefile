@@ -68,9 +68,10 @@ K6_OUT ?= $(if $(filter 1,$(K6_PROM)),experimental-prometheus-rw)
 K6_PROMETHEUS_RW_SERVER_URL ?= http://127.0.0.1:9090/api/v1/write
 K6_PROMETHEUS_RW_TREND_STATS ?= p(50),p(95),p(99),avg,max
 # k6's Go collector at its default takes both cores for about a second every ~13 s at 3,000 VUs,
-# stalling the server it measures on the same machine: off until the heap reaches GOMEMLIMIT.
+# stalling the server it measures on the same machine: off until the heap reaches GOMEMLIMIT
+# (half the machine's memory; then it collects once and goes on).
 K6_GOGC ?= off
-K6_GOMEMLIMIT ?= 6GiB
+K6_GOMEMLIMIT ?= $(shell awk '/^MemTotal:/ {printf "%dMiB", $$2 / 2048}' /proc/meminfo)
 # Real booking ids, exported from Postgres (SURGE_DATABASE_URL) before each run that needs them.
 BOOKING_IDS ?= .run/k6/booking-ids.json
 

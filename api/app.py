@@ -16,7 +16,7 @@ from litestar.params import HeaderParameter, Parameter
 
 from api.admin import admin_router
 from api.contract import DATASETS, Dataset
-from api.errors import EXCEPTION_HANDLERS, Problem, problem_response
+from api.errors import EXCEPTION_HANDLERS, Problem, not_found_detail, problem_response
 from api.fast_path import fast_records
 from api.http_cache import cache_control, etag, matches
 from api.lookup import Lookup
@@ -42,7 +42,7 @@ def record_route(dataset: Dataset, lookup: Lookup, settings: Settings) -> HTTPRo
     Records this replica holds are answered before Litestar by api.fast_path, with the same
     bytes and headers; this is the path of every other lookup and the one the schema shows."""
     parse_id = dataset.parse_id
-    not_found = f"No {dataset.noun} with this id."
+    not_found = not_found_detail(dataset.noun)
     control = cache_control(settings).decode()
 
     async def read_record(

@@ -31,11 +31,19 @@ class ServiceUnavailable(HTTPException):
     status_code = 503
 
 
+def problem_body(status: int, title: str, detail: str) -> bytes:
+    return _encode(Problem(status=status, title=title, detail=detail))
+
+
+def not_found_detail(noun: str) -> str:
+    return f"No {noun} with this id."
+
+
 def problem_response(
     status: int, title: str, detail: str, headers: dict[str, str] | None = None
 ) -> Response[bytes]:
     return Response(
-        content=_encode(Problem(status=status, title=title, detail=detail)),
+        content=problem_body(status, title, detail),
         status_code=status,
         media_type=PROBLEM_MEDIA_TYPE,
         headers=headers,

@@ -13,6 +13,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING
 
 from api.contract import DATASETS
+from api.errors import PROBLEM_MEDIA_TYPE, not_found_detail, problem_body
 from api.http_cache import cache_control, etag, matches
 
 if TYPE_CHECKING:
@@ -23,47 +24,71 @@ if TYPE_CHECKING:
     from api.settings import Settings
 
 JSON = b"application/json"
+PROBLEM = PROBLEM_MEDIA_TYPE.encode()
 
 
 def fast_records(app: ASGIApp, lookup: Lookup, metrics: Metrics, settings: Settings) -> ASGIApp:
     by_prefix = {f"/{d.name}/": d for d in DATASETS}
     local = lookup.local
     control = cache_control(settings)
+    outcome = {200: "local_hit", 304: "local_hit", 404: "not_in_live_version"}
     counted = {
-        (d.name, method, status): (metrics.outcomes[d.name].local_hit, *metrics.bound(
-            f"/{d.name}/{{id}}", method, status
-        ))
+        (d.name, method, status): (
+            getattr(metrics.outcomes[d.name], outcome[status]),
+            *metrics.bound(f"/{d.name}/{{id}}", method, status),
+        )
         for d in DATASETS
         for method in ("GET", "HEAD")
-        for status in (200, 304)
-    }  # fmt: skip
+        for status in outcome
+    }
+    # The same bytes and headers as Litestar's 404 (api.app.record_route).
+    absent = {
+        d.name: (
+            problem_body(404, "Not Found", not_found_detail(d.noun)),
+            [(b"content-type", PROBLEM)],
+        )
+        for d in DATASETS
+    }
+
+    def from_copy(scope: Scope) -> tuple[str, int, list[tuple[bytes, bytes]], bytes] | None:
+        """(dataset, status, headers, body) when the copy answers this request, else None."""
+        if scope["type"] != "http" or scope["method"] not in ("GET", "HEAD"):
+            return None
+        path = scope["path"]
+        slash = path.find("/", 1)
+        dataset = by_prefix.get(path[: slash + 1])
+        record_id = None if dataset is None else dataset.parse_id(path[slash + 1 :])
+        if dataset is None or record_id is None:
+            return None
+        body = local.get(dataset.name, record_id)
+        if body is None:
+            if not local.knows_absent(dataset.name, record_id):
+                return None
+            problem, headers = absent[dataset.name]
+            return dataset.name, 404, headers, problem
+        tag = etag(body)
+        headers = [(b"etag", tag), (b"cache-control", control)]
+        if matches(_if_none_match(scope), tag):
+            return dataset.name, 304, headers, b""
+        return dataset.name, 200, [*headers, (b"content-type", JSON)], body
 
     async def serve(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
-            path = scope["path"]
-            slash = path.find("/", 1)
-            dataset = by_prefix.get(path[: slash + 1])
-            if dataset is not None:
-                started = perf_counter()
-                record_id = dataset.parse_id(path[slash + 1 :])
-                body = None if record_id is None else local.get(dataset.name, record_id)
-                if body is not None:
-                    tag = etag(body)
-                    status = 304 if matches(_if_none_match(scope), tag) else 200
-                    headers = [(b"etag", tag), (b"cache-control", control)]
-                    if status == 200:
-                        headers += [(b"content-type", JSON), (b"content-length", b"%d" % len(body))]
-                    await send(
-                        {"type": "http.response.start", "status": status, "headers": headers}
-                    )
-                    sent = body if status == 200 and scope["method"] == "GET" else b""
-                    await send({"type": "http.response.body", "body": sent})
-                    outcome, requests, latency = counted[dataset.name, scope["method"], status]
-                    outcome.inc()
-                    requests.inc()
-                    latency.observe(perf_counter() - started)
-                    return
-        await app(scope, receive, send)
+        started = perf_counter()
+        answer = from_copy(scope)
+        if answer is None:
+            await app(scope, receive, send)
+            return
+        name, status, headers, body = answer
+        if status != 304:
+            headers = [*headers, (b"content-length", b"%d" % len(body))]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send(
+            {"type": "http.response.body", "body": body if scope["method"] == "GET" else b""}
+        )
+        outcome_count, requests, latency = counted[name, scope["method"], status]
+        outcome_count.inc()
+        requests.inc()
+        latency.observe(perf_counter() - started)
 
     return serve
 

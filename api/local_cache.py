@@ -28,8 +28,12 @@ class DatasetCache:
         self.version = version
         self.records: OrderedDict[Any, bytes] = OrderedDict()
         self.bytes = 0
-        # Ids refreshed while a warm-up was reading Redis: its older copy must not land.
+        # Ids refreshed since this version went live: a warm-up's older copy must not land, and
+        # their absence from the copy proves nothing.
         self.refreshed: set[Any] = set()
+        # Every record of the version is here (the seeder's count of it, all copied, none
+        # evicted): an id the copy lacks is not in the live version.
+        self.complete = False
 
 
 class LocalCache:
@@ -43,6 +47,20 @@ class LocalCache:
     def get(self, dataset: str, record_id: Any) -> bytes | None:
         cache = self.datasets.get(dataset)
         return None if cache is None else cache.records.get(record_id)
+
+    def knows_absent(self, dataset: str, record_id: Any) -> bool:
+        """Whether a record the copy lacks is certainly not in the live version."""
+        cache = self.datasets.get(dataset)
+        return cache is not None and cache.complete and record_id not in cache.refreshed
+
+    def mark_complete(self, dataset: str, version: int, records: int) -> bool:
+        """After a warm-up: complete when it holds at least the `records` the seeder put in
+        this version. Returns whether it is."""
+        cache = self.datasets.get(dataset)
+        if cache is None or cache.version != version:
+            return False
+        cache.complete = len(cache.records) >= records
+        return cache.complete
 
     def put(self, dataset: str, version: int, record_id: Any, body: bytes) -> None:
         """Keep a record read for `version`; ignored when that is no longer the cached one."""
@@ -96,6 +114,7 @@ class LocalCache:
             return False
         _, body = cache.records.popitem(last=False)
         self._forget(cache, len(body) + ENTRY_OVERHEAD)
+        cache.complete = False
         return True
 
     async def warm(self, dataset: Dataset, version: int, redis: Any, batch: int = 10) -> int:

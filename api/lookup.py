@@ -15,6 +15,7 @@ from collections import OrderedDict
 from time import perf_counter
 from typing import Any
 
+import orjson
 import psycopg
 import redis.asyncio as aioredis
 from psycopg_pool import AsyncConnectionPool, PoolTimeout, TooManyRequests
@@ -26,6 +27,7 @@ from redis.retry import Retry
 from api.contract import (
     DATASETS,
     LIVE_KEY,
+    MARKER_KEY,
     REFRESHED_KEEP,
     REFRESHED_KEY,
     UNSEEDED_VERSION,
@@ -269,15 +271,21 @@ class Lookup:
         while True:
             try:
                 added += await self.local.warm(dataset, version, self.redis)
+                marker = await self.redis.hget(MARKER_KEY, dataset.name)
                 break
             except REDIS_FAULTS as exc:
                 # Redis down, or a pipeline past SURGE_REDIS_TIMEOUT on a busy loop: requests
                 # fill the copy meanwhile; go again later (what is already held is skipped).
                 log.warning("local copy of %s v%d interrupted: %r", dataset.name, version, exc)
                 await asyncio.sleep(WARM_RETRY_S)
+        seeded = orjson.loads(marker) if marker else {}
+        complete = seeded.get("version") == version and self.local.mark_complete(
+            dataset.name, version, int(seeded.get("records", 0))
+        )
         log.info(
-            "local copy of %s v%d: %d records in %.1f s",
+            "local copy of %s v%d: %d records in %.1f s%s",
             dataset.name, version, added, perf_counter() - started,
+            " (the whole version: unknown ids answered from it)" if complete else "",
         )  # fmt: skip
         return added
 
@@ -306,6 +314,9 @@ class Lookup:
         if body is not None:
             outcome.local_hit.inc()
             return body
+        if self.local.knows_absent(dataset.name, record_id):
+            outcome.not_in_live_version.inc()  # a bot walking the id space never reaches Postgres
+            return None
         # One version for the whole lookup, write-back included: never a mix of two.
         version = self.live[dataset.name]
         key, field = dataset.slot(record_id, version)

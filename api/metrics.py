@@ -56,6 +56,7 @@ OTHER_ROUTE = "other"
 
 OUTCOMES = (
     "local_hit",
+    "not_in_live_version",
     "redis_hit",
     "fallback_hit",
     "not_found",
@@ -185,8 +186,9 @@ class Metrics:
         self.lookups = _Family(
             "surge_lookups",
             "Record lookups by dataset and outcome: local_hit (the replica's own copy), "
-            "redis_hit, fallback_hit (read from Postgres after a Redis miss or fault), "
-            "not_found, negative_cache_hit, unavailable (503).",
+            "not_in_live_version (404 from a complete copy), redis_hit, fallback_hit (read "
+            "from Postgres after a Redis miss or fault), not_found, negative_cache_hit, "
+            "unavailable (503).",
             ["dataset", "outcome"],
             _Count,
         )

@@ -80,6 +80,7 @@ from api.settings import Settings  # noqa: E402
 from bench import report_render, tiers  # noqa: E402
 from bench.api import APPS as DIRECT_APPS  # noqa: E402
 from bench.api import answers  # noqa: E402
+from bench.client_series import ClientSeries  # noqa: E402
 from bench.floor import Floor  # noqa: E402
 from bench.machine import machine  # noqa: E402
 from bench.replicas import Topology as LauncherTopology  # noqa: E402
@@ -99,10 +100,21 @@ from stack.servers import (  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 K6 = ROOT / ".venv/bin/k6"
+
+
+def _half_the_memory() -> str:
+    total_kib = next(
+        int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+        if line.startswith("MemTotal:")
+    )  # fmt: skip
+    return f"{total_kib // 2048}MiB"
+
+
 # k6's Go collector, left to its default, takes both cores for about a second every ~13 s at
 # 3,000 VUs (CPU sampled per second): the server under test stalls behind the load generator.
-# Off until the heap reaches GOMEMLIMIT, which a run of a few minutes stays under.
-K6_GO_ENV = {"GOGC": "off", "GOMEMLIMIT": "6GiB"}
+# Off until the heap reaches GOMEMLIMIT: k6 allocates ~75 MB/s there, so half of this machine's
+# memory lasts the runs here (a 6 GiB limit was reached 68 s into the spike, and showed).
+K6_GO_ENV = {"GOGC": "off", "GOMEMLIMIT": _half_the_memory()}
 OUT = ROOT / "docs/benchmarks"
 
 
@@ -176,6 +188,13 @@ def load_generators() -> list[int]:
     return found
 
 
+def rss_mb(pid: int) -> float:
+    with contextlib.suppress(OSError, StopIteration, ValueError):
+        status = Path(f"/proc/{pid}/status").read_text().splitlines()
+        return int(next(x for x in status if x.startswith("VmRSS:")).split()[1]) / 1024
+    return 0.0
+
+
 class Measure(Periodic):
     """CPU per process group and the replicas' store metrics over one load run."""
 
@@ -203,6 +222,7 @@ class Measure(Periodic):
         self.metrics_before = {n: scrape(p) for n, p in self.ports.items()}
         self.started = self.last_tick = time.monotonic()
         self.last_used: dict[str, float] = {}
+        self.loadgen_rss_mb = 0.0
         self.series: list[dict[str, float]] = []
         return super().__enter__()
 
@@ -213,7 +233,9 @@ class Measure(Periodic):
         # CPU per process every tick: a stall of a second shows, which run totals average away.
         now = time.monotonic()
         used = {name: cpu_seconds(pids) for name, pids in self.groups.items()}
-        used["loadgen"] = cpu_seconds(load_generators())
+        generators = load_generators()
+        used["loadgen"] = cpu_seconds(generators)
+        self.loadgen_rss_mb = max(self.loadgen_rss_mb, sum(map(rss_mb, generators)))
         if self.last_used:
             span = max(now - self.last_tick, 1e-6)
             point = {"t": round(now - self.started, 1)}
@@ -259,6 +281,7 @@ class Measure(Periodic):
         cpu[loadgen] = cpu.pop("loadgen")
         run["cpu"] = {k: round(v, 3) for k, v in cpu.items()}
         run["wall_s"] = round(self.wall, 2)
+        run["loadgen_rss_mb_max"] = round(self.loadgen_rss_mb)
         run["cpu_series"] = [
             {(loadgen if k == "loadgen" else k): v for k, v in point.items()}
             for point in self.series
@@ -641,12 +664,16 @@ class Bench:
     ) -> tuple[dict[str, Any], list[dict[str, float]]]:
         """One k6 run against surge: its figures, CPU, nginx's view of it, and its timeline."""
         groups, ports = self.top.groups()
-        since = time.time()
-        with Measure(groups, ports, self.stores) as m:
-            out = k6(script, self.top.url, k6_env, self.p["k6_timeout"], self.work / "k6", ports)
-        run = m.attach(out["run"], "k6")
-        time.sleep(1.5)  # nginx flushes its buffered access log every second
-        run["tiers"] = tiers.nginx_view(self.top.access_log, since, time.time())
+        timeout, work = self.p["k6_timeout"], self.work / "k6"
+        with ClientSeries() as client:
+            since = time.time()
+            with Measure(groups, ports, self.stores) as m:
+                out = k6(script, self.top.url, {**k6_env, **client.k6_env}, timeout, work, ports)
+            run = m.attach(out["run"], "k6")
+            time.sleep(2)  # nginx flushes its access log every second, k6 pushes every second
+            until = time.time()
+            run["tiers"] = tiers.nginx_view(self.top.access_log, since, until)
+            run["client_series"] = client.series(since, until)
         return run, out["timeline"]
 
     def results_day(self) -> dict[str, Any]:

@@ -594,11 +594,12 @@ def tiers_table(step: Mapping[str, Any]) -> str:
         "request": max((p["request_p99_ms"] for p in series), default=0.0),
         "upstream": max((p["upstream_p99_ms"] for p in series), default=0.0),
     }
+    client = max((p.get("p99_ms", 0.0) for p in surge.get("client_series", [])), default=0.0)
     rows = [
         "| tier | p50 | p95 | p99 | max | worst second's p99 |",
         "|---|---|---|---|---|---|",
         f"| client (k6) | {surge['p50_ms']:.1f} | {surge['p95_ms']:.1f} | "
-        f"{surge['p99_ms']:.1f} | {surge.get('max_ms', 0):.1f} | |",
+        f"{surge['p99_ms']:.1f} | {surge.get('max_ms', 0):.1f} | {client:.1f} |",
     ]
     for label, key in (("nginx `$request_time`", "request"), ("upstream", "upstream")):
         q = view.get(f"{key}_ms", {})
@@ -606,8 +607,8 @@ def tiers_table(step: Mapping[str, Any]) -> str:
             f"| {label} | {q.get('p50', 0):.1f} | {q.get('p95', 0):.1f} | {q.get('p99', 0):.1f}"
             f" | {q.get('max', 0):.1f} | {worst[key]:.1f} |"
         )
-    rows += ["", "| run | " + " | ".join(f"{k} µs/request" for k in CPU_KINDS) + " |",
-             "|---" * (len(CPU_KINDS) + 1) + "|"]  # fmt: skip
+    rows += ["", "| run | " + " | ".join(f"{k} µs/request" for k in CPU_KINDS)
+             + " | k6's peak memory |", "|---" * (len(CPU_KINDS) + 2) + "|"]  # fmt: skip
     for name, run in runs.items():
         requests = run.get("requests") or 0
         if not requests:
@@ -618,7 +619,10 @@ def tiers_table(step: Mapping[str, Any]) -> str:
             if kind in per_kind:
                 per_kind[kind] += cores * run.get("wall_s", 0.0) / requests * 1e6
         label = "surge" if name == "k6" else name
-        rows.append(f"| {label} | " + " | ".join(f"{v:.0f}" for v in per_kind.values()) + " |")
+        rss = run.get("loadgen_rss_mb_max", 0)
+        rows.append(
+            f"| {label} | " + " | ".join(f"{v:.0f}" for v in per_kind.values()) + f" | {rss:,} MB |"
+        )
     return "\n".join(rows)
 
 
@@ -708,6 +712,10 @@ def charts(results: Mapping[str, Any], out_dir: Path) -> list[Path]:
         if not per_second and not cpu:
             continue
         fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6.5), sharex=False)
+        client = surge.get("client_series") or []
+        for key, label in (("p99_ms", "client (k6) p99"), ("p95_ms", "client (k6) p95")):
+            top.plot([p["t"] for p in client], [p.get(key, 0.0) for p in client], lw=1.6,
+                     label=label)  # fmt: skip
         t = [p["t"] for p in per_second]
         for key, label, style in (
             ("request_p99_ms", "nginx $request_time p99", "-"),
@@ -718,7 +726,7 @@ def charts(results: Mapping[str, Any], out_dir: Path) -> list[Path]:
         if replicas:
             top.plot([p["t"] for p in replicas], [p["p95_ms"] for p in replicas],
                      ls="-.", label="replicas' own p95")  # fmt: skip
-        top.axhline(surge.get("p99_ms", 0), color="black", lw=0.8, label="client (k6) p99, run")
+        top.axhline(surge.get("p99_ms", 0), color="black", lw=0.8, label="client p99, whole run")
         top.set_yscale("symlog", linthresh=1)
         top.set_ylabel("ms")
         top.set_title(f"{name}: latency per second at each tier")

@@ -96,6 +96,42 @@ def test_fast_path_answers_exactly_as_the_full_path(copy_on, copy_off, pg, datas
     assert lookups(copy_off, "local_hit") == 0
 
 
+def test_unknown_ids_are_answered_from_a_complete_copy(copy_on, copy_off, settings):
+    """The copy holds every record of the live version (the seeder's count): an id it lacks
+    is not there, so the 404 comes without asking Redis or Postgres, in the same bytes."""
+    local = copy_on.app.state.lookup.local
+    for dataset in DATASETS:
+        poll(lambda d=dataset: local.datasets[d.name].complete, 10, "complete copy")
+    before = {k: lookups(copy_on, k) for k in ("not_in_live_version", "not_found", "redis_hit")}
+    unknown = [f"/students/{999_999_000 + i}" for i in range(5)]
+    unknown += [f"/bookings/00000000-0000-4000-8000-00000000000{i}" for i in range(5)]
+    for path in unknown:
+        ours, full = copy_on.get(path), copy_off.get(path)
+        assert ours.status_code == full.status_code == 404
+        assert ours.content == full.content
+        assert ours.headers["content-type"] == full.headers["content-type"]
+        assert ours.headers["content-length"] == full.headers["content-length"]
+    after = {k: lookups(copy_on, k) for k in before}
+    assert after == before | {"not_in_live_version": before["not_in_live_version"] + 10}
+
+
+def test_a_record_added_and_refreshed_is_served_by_a_complete_copy(copy_on, pg):
+    added = 999_999_002
+    assert copy_on.get(f"/students/{added}").status_code == 404
+    pg.execute(
+        "INSERT INTO students SELECT %s, full_name, sex, birth_date, school, region, stream, "
+        "exam_year, total, max_total, passed FROM students WHERE id = 10000",
+        (added,),
+    )
+    try:
+        assert copy_on.post(f"/admin/students/{added}/refresh", headers=AUTH).status_code == 200
+        assert copy_on.get(f"/students/{added}").status_code == 200
+    finally:
+        pg.execute("DELETE FROM students WHERE id = %s", (added,))
+        copy_on.post(f"/admin/students/{added}/refresh", headers=AUTH)
+    assert copy_on.get(f"/students/{added}").status_code == 404
+
+
 def test_cache_control_states_the_staleness_bound(copy_on, settings):
     response = copy_on.get("/students/10000")
     assert response.headers["cache-control"] == (
