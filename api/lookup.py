@@ -215,8 +215,8 @@ class Lookup:
         """Read surge:live and the refreshes since the last read, in one round trip; on any
         failure keep the versions already known.
 
-        A dataset absent from surge:live reads version 0 (a Redis never seeded), unless this
-        replica already serves a version of it: that one stays."""
+        A dataset absent from surge:live (an empty or flushed Redis) reads version 0, like
+        every other replica, so their write-backs land in the same keys."""
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.hgetall(LIVE_KEY)
@@ -230,18 +230,19 @@ class Lookup:
                 self._forget_refreshed(fields)
                 self._refreshed_seen = entry_id
         live = {name: parse_version(raw.get(name.encode())) for name in self.live}
-        for name, version in live.items():
-            # Redis restarted empty or flushed: the records are as they were (only a seed
-            # changes them, and it names its version here), so keep the version and the copy.
-            if version == UNSEEDED_VERSION and self.live[name] != UNSEEDED_VERSION:
-                live[name] = self.live[name]
         if live != self.live:
             log.info("live dataset versions: %s", live)
             # Records absent from the old version may exist in the new one.
             self.unknown.clear()
             self.live = live
             for dataset in DATASETS:
-                if self.local.datasets[dataset.name].version != live[dataset.name]:
+                version = live[dataset.name]
+                # Back to "unseeded" means Redis restarted empty or was flushed: the records
+                # are as they were (only a seed changes them, and it names its new version
+                # here), so the copy stays while Redis refills.
+                if version != UNSEEDED_VERSION and self.local.datasets[dataset.name].version != (
+                    version
+                ):
                     self._warm(dataset)
         return True
 

@@ -368,6 +368,9 @@ def live_prometheus(procs: Processes, settings: Any, seeded: Any) -> Iterator[st
         "SURGE_REDIS_URL": settings.redis_url,
         "SURGE_STUDENTS": str(settings.students),
         "SURGE_BOOKINGS": str(settings.bookings),
+        # The store panels need store calls: with their own copies on, the replicas would
+        # answer every lookup of this small dataset from memory.
+        "SURGE_LOCAL_CACHE_MB": "0",
     }
     replica_ports = [free_port() for _ in range(REPLICAS)]
     for n, port in enumerate(replica_ports, 1):

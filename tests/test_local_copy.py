@@ -176,13 +176,14 @@ def test_a_new_live_version_replaces_the_copy(copy_on, rds, restore):
 
 def test_a_flushed_redis_leaves_the_copy_serving(copy_on, rds, restore):
     """Redis restarted empty (or FLUSHALL): nothing changed in Postgres, so the replica keeps
-    its version and its copy instead of dropping both."""
+    its copy (reading and writing Redis as "unseeded" meanwhile, like every other replica)."""
     local = copy_on.app.state.lookup.local
     version = local.datasets[STUDENTS.name].version
     held = local.records(STUDENTS.name)
     before = copy_on.get("/students/10011").content
     rds.flushall()
-    time.sleep(1.5)  # three reads of surge:live
+    lookup = copy_on.app.state.lookup
+    poll(lambda: lookup.live[STUDENTS.name] == 0, 3, "surge:live read as gone")
     assert local.datasets[STUDENTS.name].version == version
     assert local.records(STUDENTS.name) == held
     hits = lookups(copy_on, "local_hit")
