@@ -29,7 +29,8 @@ from stack.nginx import DEFAULTS, LAYOUT, SERVER_PARAMS, TEMPLATE, NginxServer, 
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "compose.yaml"
-SCHEMA = Path(__file__).resolve().parents[2] / "shared" / "schemas" / "compose-spec.json"
+# The Compose Specification's JSON schema (compose-spec/compose-spec, schema/compose-spec.json).
+SCHEMA = Path(__file__).resolve().parent / "schemas" / "compose-spec.json"
 
 PUBLISHERS = {"nginx", "grafana", "prometheus"}
 NO_HEALTHCHECK = {"nginx-exporter": "FROM scratch image: no shell or HTTP client to run a check"}
