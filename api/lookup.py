@@ -20,7 +20,7 @@ import psycopg
 import redis.asyncio as aioredis
 from psycopg_pool import AsyncConnectionPool, PoolTimeout, TooManyRequests
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
@@ -415,6 +415,9 @@ class Lookup:
         started = perf_counter()
         try:
             await self.redis.hset(key, field, body)
+        except OutOfMemoryError:
+            # Full (maxmemory, noeviction): Redis works, it only keeps what the seeder put there.
+            self.metrics.redis_refused_write.inc()
         except REDIS_FAULTS as exc:
             self._redis_failed(exc)
             log.warning("redis write-back failed: %r", exc)

@@ -198,6 +198,13 @@ class Metrics:
             ["store", "operation"],
             _Buckets,
         )
+        self.refused_writes = _Family(
+            "surge_redis_refused_writes",
+            "Write-backs Redis refused because it is full (maxmemory, noeviction): the request "
+            "was answered all the same; the record stays a miss until Redis has room.",
+            [],
+            _Count,
+        )
         self.store_errors = _Family(
             "surge_store_errors",
             "Failed store calls (timeouts, refused connections, pool exhausted), by store.",
@@ -212,6 +219,7 @@ class Metrics:
                     self.lookups,
                     self.store_seconds,
                     self.store_errors,
+                    self.refused_writes,
                 ]
             )
         )
@@ -229,6 +237,7 @@ class Metrics:
         self.redis_hset = self.store_seconds.labels("redis", "hset")
         self.postgres_select = self.store_seconds.labels("postgres", "select")
         self.redis_errors = self.store_errors.labels("redis")
+        self.redis_refused_write = self.refused_writes.labels()
         self.postgres_errors = self.store_errors.labels("postgres")
         if not enabled:
             off = _Uncounted()
@@ -236,7 +245,7 @@ class Metrics:
                 name: SimpleNamespace(**dict.fromkeys(OUTCOMES, off)) for name in self.outcomes
             }
             self.redis_hget = self.redis_hset = self.postgres_select = off
-            self.redis_errors = self.postgres_errors = off
+            self.redis_errors = self.postgres_errors = self.redis_refused_write = off
 
     def watch(self, lookup: Lookup) -> None:
         """Pool and circuit gauges, read from the lookup's clients at scrape time."""

@@ -68,6 +68,13 @@ READY_TIMEOUT = 60.0
 REPLICA_STOP_TIMEOUT = 20.0
 """Granian's own bound (stack.servers.GRANIAN_STOP_TIMEOUT) plus its shutdown steps."""
 MAX_REPLICAS = 32
+REDIS_MAXMEMORY = "3gb"
+"""Redis's memory cap (SURGE_REDIS_MAXMEMORY; compose.yaml has the same default): the default
+dataset takes ~0.7 GB, and a reseed fills a second version beside the live one."""
+REDIS_MAXMEMORY_POLICY = "noeviction"
+"""Full means refusing writes, never evicting: the seeded records all stay (an evicted one would
+be a Postgres read on every lookup), and a refused write-back costs the request nothing."""
+
 _FAIL_TIMEOUT = re.search(r"fail_timeout=(\d+)s", SERVER_PARAMS)
 NGINX_FAIL_TIMEOUT = float(_FAIL_TIMEOUT.group(1)) if _FAIL_TIMEOUT else 10.0
 """How long nginx leaves out an upstream server that failed (stack.nginx.SERVER_PARAMS; 10 s
@@ -355,6 +362,10 @@ class Stack:
             persist=True,
             log_file=self.layout.logs / "redis.log",
             detached=True,
+            config={
+                "maxmemory": self.environ.get("SURGE_REDIS_MAXMEMORY") or REDIS_MAXMEMORY,
+                "maxmemory-policy": REDIS_MAXMEMORY_POLICY,
+            },
         )
 
     def nginx_values(self, ports: Iterable[int], **knobs: str) -> dict[str, str]:

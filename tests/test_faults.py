@@ -138,3 +138,31 @@ def test_redis_timeouts_fall_back_without_opening_the_circuit(settings):
     assert asyncio.run(scenario(TimeoutError())) == (False, 10)
     opened, calls = asyncio.run(scenario(RedisConnectionError("refused")))
     assert opened and calls == settings.redis_breaker_failures
+
+
+def test_a_full_redis_refuses_write_backs_at_no_cost(client, rds):
+    """maxmemory reached with noeviction (both launchers' policy): Redis refuses the write-back
+    of a miss; the request is answered from Postgres all the same, the refusal is counted, and
+    the circuit stays closed (Redis is not failing: reads still work)."""
+    student = 10_401
+    key, field = STUDENTS.live_slot(rds, student)
+    expected = client.get(f"/students/{student}").content
+    assert rds.hdel(key, field) == 1
+    lookup = client.app.state.lookup
+    refused = lookup.metrics.redis_refused_write.value
+    policy = rds.config_get("maxmemory-policy")["maxmemory-policy"]
+    rds.config_set("maxmemory-policy", "noeviction")
+    rds.config_set("maxmemory", "1")  # anything already stored is over it
+    try:
+        for _ in range(5):
+            response = client.get(f"/students/{student}")
+            assert response.status_code == 200 and response.content == expected
+        assert lookup.metrics.redis_refused_write.value == refused + 5
+        assert lookup.breaker.failures == 0 and not lookup.breaker.is_open
+        assert rds.hget(key, field) is None
+        assert client.get("/students/10000").status_code == 200  # reads go on as before
+    finally:
+        rds.config_set("maxmemory", "0")
+        rds.config_set("maxmemory-policy", policy)
+    assert client.get(f"/students/{student}").content == expected
+    assert rds.hget(key, field) == expected  # room again: written back

@@ -31,7 +31,14 @@ from k6_runner import EXPORT_IDS, K6, KINDS, assert_all_checks_passed, output, r
 from stack_fixture import STUDENTS, LocalStack, leftovers, run_local_stack
 
 from seeder.generate import FIRST_STUDENT_ID
-from stack.launcher import ROOT, Layout, default_replicas, replica_count
+from stack.launcher import (
+    REDIS_MAXMEMORY,
+    REDIS_MAXMEMORY_POLICY,
+    ROOT,
+    Layout,
+    default_replicas,
+    replica_count,
+)
 from stack.servers import HOST, ServerError, child_pids
 
 REPLICAS = 3
@@ -317,6 +324,13 @@ def test_layout_defaults_are_the_documented_ports() -> None:
     assert custom.http_port == 18080 and custom.run == Path("/tmp/x")
     with pytest.raises(ServerError, match="SURGE_PROMETHEUS_PORT"):
         Layout.from_env({"SURGE_PROMETHEUS_PORT": "90x"})
+
+
+def test_redis_memory_cap_is_compose_default() -> None:
+    text = (ROOT / "compose.yaml").read_text()
+    (default,) = re.findall(r"\$\{SURGE_REDIS_MAXMEMORY:-(\w+)\}", text)
+    assert default == REDIS_MAXMEMORY
+    assert f"- --maxmemory-policy\n      - {REDIS_MAXMEMORY_POLICY}" in text
 
 
 def test_replica_default_is_compose_default() -> None:

@@ -835,6 +835,27 @@ def redis() -> Board:
             "read-through (fallback_hit) or the seeder.",
         ),
         timeseries(
+            "Memory headroom",
+            target(
+                f"sum(redis_memory_max_bytes{{{REDIS}}}) - sum(redis_memory_used_bytes{{{REDIS}}})",
+                "maxmemory - used",
+            ),
+            unit="bytes",
+            min_=None,
+            description="Room left before Redis refuses writes (maxmemory with noeviction: "
+            "SURGE_REDIS_MAXMEMORY). A reseed fills a second version beside the live one, so "
+            "keep about the dataset's size free. Negative: no maxmemory set.",
+        ),
+        timeseries(
+            "Write-backs Redis refused",
+            target(
+                f'sum(rate(surge_redis_refused_writes_total{{job="api"}}[{RATE}]))', "refused/s"
+            ),
+            unit="ops",
+            description="Read-through write-backs Redis refused because it is full. They cost "
+            "the request nothing; the record stays a miss (Postgres) until Redis has room.",
+        ),
+        timeseries(
             "Evicted / expired keys per second",
             target(f"sum(rate(redis_evicted_keys_total{{{REDIS}}}[{RATE}]))", "evicted"),
             target(f"sum(rate(redis_expired_keys_total{{{REDIS}}}[{RATE}]))", "expired"),
