@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
+import sys
+import time
 
 import psycopg
 import redis
 from rich.console import Console
 from rich.table import Table
 
+from api.contract import DATASETS
 from api.settings import Settings, env_name
+from seeder import redis_fill
 from seeder.core import SeedReport, run
-from seeder.progress import PlainReporter, RichReporter
+from seeder.progress import PlainReporter, Reporter, RichReporter
 
 
 def _count(raw: str) -> int:
@@ -53,6 +58,14 @@ def _parser(defaults: Settings) -> argparse.ArgumentParser:
         action="store_true",
         help="rebuild both datasets in both stores even if they are in sync "
         "(other data in Redis is left alone)",
+    )
+    parser.add_argument(
+        "--watch",
+        type=float,
+        metavar="SECONDS",
+        help="keep running: every SECONDS, seed again whatever is out of date (a Redis that "
+        "restarted empty or was flushed is refilled from Postgres, its live versions and "
+        "metadata included); prints only what it did",
     )
     parser.add_argument(
         "--no-progress",
@@ -99,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         redis_url=args.redis_url,
     )
     console, errors = Console(), Console(stderr=True)
+    if args.watch:
+        return watch(settings, args.watch, console, errors)
     bars = console.is_terminal and not args.no_progress
     reporter = RichReporter(console) if bars else PlainReporter(console.file)
     try:
@@ -115,3 +130,28 @@ def main(argv: list[str] | None = None) -> int:
     for table in summary(report):
         console.print(table)
     return 0
+
+
+def watch(settings: Settings, every: float, console: Console, errors: Console) -> int:
+    """Seed what is out of date every `every` seconds until stopped (SIGTERM, Ctrl-C)."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    down = False
+    client = redis_fill.connect(settings.redis_url)
+    try:
+        while True:
+            try:
+                # The full check (SCANs every key) only when the cheap one says something is gone.
+                if not redis_fill.looks_whole(client, DATASETS):
+                    report = run(settings, reset=False, reporter=Reporter())
+                    console.print(f"surge-seed --watch: {report}", highlight=False)
+            except (psycopg.OperationalError, redis.RedisError) as exc:
+                if not down:  # once per outage
+                    errors.print(f"surge-seed: store unavailable, retrying: {exc}", style="red")
+                down = True
+            else:
+                down = False
+            time.sleep(every)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        client.close()

@@ -99,6 +99,9 @@ def run(settings: Settings, *, reset: bool, reporter: Reporter) -> SeedReport:
             if errors:
                 raise min(errors, key=lambda e: isinstance(e, Cancelled))
     reports = [f.result() for f in futures]
+    if not all(r.redis_skipped for r in reports):
+        with closing(redis_fill.connect(settings.redis_url)) as client:
+            redis_fill.snapshot(client)
     return SeedReport(
         {r.name: r for r in reports}, list(reporter.phases), time.perf_counter() - started
     )

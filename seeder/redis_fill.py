@@ -19,6 +19,7 @@ different load) fills a new version.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 
@@ -117,6 +118,23 @@ def in_sync(client: redis.Redis, dataset: Dataset, pg: Loaded) -> Filled | None:
     return marker
 
 
+def looks_whole(client: redis.Redis, datasets: Iterable[Dataset]) -> bool:
+    """A cheap check (two small reads a dataset, no SCAN) that every dataset has a live version
+    and its marker: what a Redis that restarted empty or was flushed has lost."""
+    pipe = client.pipeline(transaction=False)
+    pipe.hgetall(LIVE_KEY)
+    pipe.hgetall(MARKER_KEY)
+    live, markers = pipe.execute()
+    for dataset in datasets:
+        marker = markers.get(dataset.name.encode())
+        version = live.get(dataset.name.encode())
+        if marker is None or version is None:
+            return False
+        if orjson.loads(marker).get("version") != parse_version(version):
+            return False
+    return True
+
+
 def _keys(client: redis.Redis, dataset: Dataset, version: int | None = None) -> list[bytes]:
     return list(client.scan_iter(match=key_pattern(dataset, version), count=_SCAN_COUNT))
 
@@ -154,6 +172,17 @@ def switch(client: redis.Redis, marker: Filled, dataset: Dataset) -> Filled:
     pipe.hset(LIVE_KEY, dataset.name, marker.version)
     pipe.execute()
     return marker
+
+
+def snapshot(client: redis.Redis) -> bool:
+    """Ask Redis to write an RDB snapshot now (in a forked child): a Redis that restarts, even
+    after a crash, loads the last seed instead of coming back empty. False when it refuses (a
+    managed Redis, or a snapshot already running)."""
+    try:
+        client.bgsave()
+    except redis.ResponseError:
+        return False
+    return True
 
 
 def stale_keys(client: redis.Redis, dataset: Dataset) -> list[bytes]:

@@ -28,6 +28,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -68,6 +69,9 @@ READY_TIMEOUT = 60.0
 REPLICA_STOP_TIMEOUT = 20.0
 """Granian's own bound (stack.servers.GRANIAN_STOP_TIMEOUT) plus its shutdown steps."""
 MAX_REPLICAS = 32
+KEEPER = "redis-keeper"
+KEEPER_INTERVAL_S = 2.0
+
 REDIS_MAXMEMORY = "3gb"
 """Redis's memory cap (SURGE_REDIS_MAXMEMORY; compose.yaml has the same default): the default
 dataset takes ~0.7 GB, and a reseed fills a second version beside the live one."""
@@ -294,7 +298,10 @@ def _with_query(url: str, param: str) -> str:
     return url + ("&" if "?" in url else "?") + param
 
 
-ORDER = {"nginx": 0, "prometheus": 1, "exporter": 2, "api": 3, "redis": 4, "postgres": 5}
+ORDER = {
+    "nginx": 0, "prometheus": 1, "exporter": 2, "api": 3, "redis-keeper": 3, "redis": 4,
+    "postgres": 5,
+}  # fmt: skip
 """`down` stops the entry first (no new requests), then monitoring, replicas, stores."""
 
 
@@ -657,6 +664,18 @@ class Stack:
             self._record("redis", rd.pid, rd.port, ["redis-server", f":{rd.port}"])
             env["SURGE_REDIS_URL"] = rd.url
 
+    def _keeper_up(self, env: dict[str, str]) -> None:
+        """The seeder in watch mode: a Redis that restarted empty or was flushed is refilled
+        from Postgres within seconds, without anyone running `make seed`."""
+        rec = self.pids.load(KEEPER)
+        if rec is not None and rec.is_live():
+            say(f"{KEEPER}: already running (pid {rec.pid})")
+            return
+        self._forget(rec)
+        cmd = [sys.executable, "-m", "seeder", "--watch", str(KEEPER_INTERVAL_S)]
+        self._spawn(KEEPER, cmd, 0, ["seeder", "--watch"], env)
+        say(f"{KEEPER}: started (seeds what is out of date every {KEEPER_INTERVAL_S:g} s)")
+
     def _replicas_up(self, n_replicas: int, env: dict[str, str]) -> None:
         """Start the missing replicas; nginx then gets the set, and only after that do the ones
         beyond n_replicas stop (scale-down without a refused request)."""
@@ -700,6 +719,8 @@ class Stack:
         report = seed(settings, progress=True)
         say(f"seeded: {report}")
 
+        if not self.environ.get("SURGE_REDIS_URL"):  # a Redis of its own: keep it whole
+            self._keeper_up(env)
         self._save_replica_env(env)
         self._replicas_up(n_replicas, env)
         ports = [layout.replica_port(n) for n in range(1, n_replicas + 1)]

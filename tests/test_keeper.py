@@ -1,0 +1,49 @@
+"""`surge-seed --watch` (the redis-keeper of both launchers): a Redis that restarted empty or
+was flushed is refilled from Postgres by itself, live versions and metadata included."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from api.contract import DATASETS, LIVE_KEY, MARKER_KEY, STUDENTS
+from seeder import redis_fill
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_a_flushed_redis_is_refilled_without_anyone_asking(settings, seeded, rds, pg):
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("SURGE_")},
+        "SURGE_DATABASE_URL": settings.database_url,
+        "SURGE_REDIS_URL": settings.redis_url,
+        "SURGE_STUDENTS": str(settings.students),
+        "SURGE_BOOKINGS": str(settings.bookings),
+    }
+    keeper = subprocess.Popen(
+        [sys.executable, "-m", "seeder", "--watch", "0.2"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        assert redis_fill.looks_whole(rds, DATASETS)
+        time.sleep(1.0)  # a few rounds over a whole Redis: nothing to do, nothing printed
+        rds.flushall()
+        flushed = time.monotonic()
+        while not redis_fill.looks_whole(rds, DATASETS):
+            assert time.monotonic() - flushed < 30, "Redis not refilled within 30 s"
+            time.sleep(0.05)
+        took = time.monotonic() - flushed
+        assert set(rds.hgetall(LIVE_KEY)) == {d.name.encode() for d in DATASETS}
+        assert set(rds.hgetall(MARKER_KEY)) == {d.name.encode() for d in DATASETS}
+        (student,) = pg.execute("SELECT max(id) FROM students").fetchone()
+        assert rds.hget(*STUDENTS.live_slot(rds, student)) is not None
+        print(f"[keeper] refilled {took:.2f} s after FLUSHALL")
+    finally:
+        keeper.terminate()
+        out, _ = keeper.communicate(timeout=30)
+    assert keeper.returncode == 0, out
+    # One line: the refill; the rounds over a whole Redis said nothing.
+    assert out.count("surge-seed --watch:") == 1, out
