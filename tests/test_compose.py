@@ -126,7 +126,7 @@ def test_image_is_built_here_or_pinned_to_an_exact_version(name: str) -> None:
 
 def test_app_services_share_one_local_image() -> None:
     built = {name: s for name, s in SERVICES.items() if "build" in s}
-    assert set(built) == {"api", "seeder"}
+    assert set(built) == {"api", "seeder", "redis-keeper"}
     assert {s["image"] for s in built.values()} == {"surge-app:local"}
 
 
@@ -277,12 +277,20 @@ def test_seeder_runs_a_declared_console_script() -> None:
     assert SERVICES["seeder"]["command"][0] in scripts
 
 
-def test_redis_runs_with_the_contract_hash_config_and_no_persistence() -> None:
+def test_redis_runs_with_the_contract_hash_config_and_only_the_seeders_snapshots() -> None:
     command = SERVICES["redis"]["command"]
     for key, value in REDIS_HASH_CONFIG.items():
         assert command[command.index(f"--{key}") + 1] == value
+    # No periodic snapshots or AOF: only the one the seeder asks for, kept in a volume.
     assert command[command.index("--save") + 1] == ""
     assert command[command.index("--appendonly") + 1] == "no"
+    assert ("redis-data", "/data", False) in _volumes(SERVICES["redis"])
+
+
+def test_the_redis_keeper_watches_after_the_seed() -> None:
+    keeper = SERVICES["redis-keeper"]
+    assert keeper["command"][:2] == ["surge-seed", "--watch"]
+    assert keeper["depends_on"]["seeder"]["condition"] == "service_completed_successfully"
 
 
 def test_nginx_template_renders_with_compose_values(tmp_path: Path) -> None:
