@@ -50,8 +50,10 @@ POSTGRES_FAULTS = (psycopg.Error, PoolTimeout, TooManyRequests, OSError)
 # amplifier (docs/reliability.md, "Faults under load"). So a timeout falls back for its own
 # request only; the circuit opens on faults that are certainly Redis's (refused, reset, errors).
 REDIS_TIMEOUTS = (RedisTimeoutError, TimeoutError)
-# Seconds before a warm-up of the replica's copy that Redis interrupted goes again.
+# Seconds before a warm-up of the replica's copy that Redis interrupted goes again, and how long
+# one of its pipelines may take.
 WARM_RETRY_S = 1.0
+WARM_TIMEOUT_S = 10.0
 # Idle Postgres connections are checked every this many live-version reads (2 s by default).
 POOL_CHECK_ROUNDS = 4
 
@@ -170,6 +172,16 @@ class Lookup:
                 retry=Retry(NoBackoff(), 0),
             )
         )
+        # The warm-up's own connection: its pipelines carry ~1,000 records, which a replica busy
+        # serving may take longer than SURGE_REDIS_TIMEOUT to read, and a timed-out warm-up
+        # would start over and fetch it all again.
+        self.warm_redis = aioredis.Redis.from_url(
+            settings.redis_url,
+            max_connections=1,
+            socket_timeout=WARM_TIMEOUT_S,
+            socket_connect_timeout=settings.redis_timeout,
+            retry=Retry(NoBackoff(), 0),
+        )
         # Postgres serves misses only: a few connections, a short bounded queue, and a quick
         # reconnect cycle (psycopg_pool's defaults: 30 s waits, unbounded queue, 5 min backoff).
         self.postgres = AsyncConnectionPool(
@@ -210,6 +222,7 @@ class Lookup:
             await self.postgres.close()
         finally:
             await self.redis.aclose()
+            await self.warm_redis.aclose()
 
     async def refresh_live(self) -> bool:
         """Read surge:live and the refreshes since the last read, in one round trip; on any
@@ -271,12 +284,12 @@ class Lookup:
         started, added = perf_counter(), 0
         while True:
             try:
-                added += await self.local.warm(dataset, version, self.redis)
-                marker = await self.redis.hget(MARKER_KEY, dataset.name)
+                added += await self.local.warm(dataset, version, self.warm_redis)
+                marker = await self.warm_redis.hget(MARKER_KEY, dataset.name)
                 break
             except REDIS_FAULTS as exc:
-                # Redis down, or a pipeline past SURGE_REDIS_TIMEOUT on a busy loop: requests
-                # fill the copy meanwhile; go again later (what is already held is skipped).
+                # Redis down or restarting: requests fill the copy meanwhile; go again later
+                # (what is already held is skipped).
                 log.warning("local copy of %s v%d interrupted: %r", dataset.name, version, exc)
                 await asyncio.sleep(WARM_RETRY_S)
         seeded = orjson.loads(marker) if marker else {}
