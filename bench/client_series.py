@@ -16,6 +16,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from stack.launcher import http_ok
 from stack.servers import HOST, free_port, wait_for
 
 QUERY = "histogram_quantile({q}, sum(rate(k6_http_req_duration_seconds[2s])))"
@@ -47,18 +48,13 @@ class ClientSeries:
              "--enable-feature=native-histograms", "--log.level=warn"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        wait_for(self._ready, timeout=30, what="bench Prometheus", alive=self._alive)
+        wait_for(
+            lambda: http_ok(f"{self.url}/-/ready", timeout=1),
+            timeout=30,
+            what="bench Prometheus",
+            alive=lambda: self.proc.poll() is None,
+        )
         return self
-
-    def _alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def _ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as r:
-                return bool(r.status == 200)
-        except OSError:
-            return False
 
     def series(self, since: float, until: float) -> list[dict[str, float]]:
         """Per second from `since`: k6's p95 and p99 in ms (seconds with no requests left out)."""

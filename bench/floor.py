@@ -8,6 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from stack.launcher import http_ok
 from stack.nginx import nginx_binary
 from stack.servers import HOST, free_port, wait_for
 
@@ -54,18 +55,12 @@ class Floor:
             stderr=subprocess.DEVNULL,
         )
         wait_for(
-            self._answers, timeout=10, what="floor nginx", alive=lambda: self.proc.poll() is None
+            lambda: http_ok(f"{self.url}/students/1", timeout=1),
+            timeout=10,
+            what="floor nginx",
+            alive=lambda: self.proc.poll() is None,
         )
         return self
-
-    def _answers(self) -> bool:
-        import urllib.request
-
-        try:
-            with urllib.request.urlopen(f"{self.url}/students/1", timeout=1) as r:
-                return bool(r.status == 200)
-        except OSError:
-            return False
 
     def pids(self) -> list[int]:
         from stack.servers import child_pids

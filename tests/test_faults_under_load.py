@@ -20,12 +20,13 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import httpx
 import pytest
 import redis
+from polling import poll
 from schema_fuzz import assert_conforms
 from stack_fixture import STUDENTS, LocalStack, run_local_stack
 
@@ -163,15 +164,6 @@ def lookups(stack: LocalStack) -> Counter[str]:
         for outcome, value in LOOKUP_LINE.findall(text):
             total[outcome] += int(float(value))
     return total
-
-
-def poll(condition: Callable[[], bool], timeout: float, what: str) -> float:
-    """Seconds until condition() held; fails past timeout."""
-    started = time.monotonic()
-    while not condition():
-        assert time.monotonic() - started < timeout, f"{what}: not within {timeout} s"
-        time.sleep(0.05)
-    return time.monotonic() - started
 
 
 def kill(stack: LocalStack, name: str) -> None:

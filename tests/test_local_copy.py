@@ -5,13 +5,13 @@ every replica, bounded in bytes, and HTTP caching (ETag, 304, Cache-Control)."""
 from __future__ import annotations
 
 import dataclasses
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import pytest
 from litestar.testing import TestClient
+from polling import poll
 
 from api.app import create_app
 from api.contract import BOOKINGS, DATASETS, LIVE_KEY, STUDENTS
@@ -20,14 +20,6 @@ from api.settings import Settings
 
 TOKEN = "test-admin-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def poll(condition: Callable[[], bool], timeout: float, what: str) -> float:
-    started = time.monotonic()
-    while not condition():
-        assert time.monotonic() - started < timeout, f"{what}: not within {timeout} s"
-        time.sleep(0.05)
-    return time.monotonic() - started
 
 
 @contextmanager
