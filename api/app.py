@@ -13,6 +13,8 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.params import HeaderParameter, Parameter
+from litestar.static_files import create_static_files_router
+from swagger_ui_bundle import swagger_ui_path
 
 from api.admin import admin_router
 from api.contract import DATASETS, Dataset
@@ -92,6 +94,21 @@ def record_route(dataset: Dataset, lookup: Lookup, settings: Settings) -> HTTPRo
     )(read_record)
 
 
+DOCS_ASSETS = "/docs/assets"
+
+
+def swagger_ui() -> SwaggerRenderPlugin:
+    """/docs with Swagger UI from the pinned swagger-ui-bundle-v2 package, served by the replica
+    itself: the page works on a network without a way out (no CDN)."""
+    return SwaggerRenderPlugin(
+        js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+        css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+        standalone_preset_js_url=f"{DOCS_ASSETS}/swagger-ui-standalone-preset.js",
+        favicon=f"<link rel='icon' type='image/png' href='{DOCS_ASSETS}/favicon-32x32.png'>",
+        path="/",
+    )
+
+
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings.from_env()
     settings.refuse_unsafe_production()
@@ -146,6 +163,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             ready,
             *([prometheus_metrics] if settings.metrics else []),
             *([admin] if (admin := admin_router(settings, lookup)) else []),
+            create_static_files_router(DOCS_ASSETS, [swagger_ui_path], name="docs-assets"),
         ],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
@@ -154,7 +172,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             version="0.1.0",
             description="Exam results and ticket bookings, read at spike scale.",
             path="/docs",
-            render_plugins=[SwaggerRenderPlugin()],
+            render_plugins=[swagger_ui()],
         ),
         logging_config=None,
         debug=False,

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 from litestar.testing import TestClient
+from swagger_ui_bundle import swagger_ui_path
 
 from api.app import create_app
 from api.contract import BOOKINGS, STUDENTS, Dataset
@@ -212,3 +214,18 @@ def test_head_is_answered_like_get_without_a_body(client):
     assert head.headers["content-length"] == str(len(get.content))
     assert head.content == b""
     assert client.head("/ready").status_code == 200
+
+
+def test_docs_page_references_nothing_outside_the_service(client):
+    """Swagger UI (5.x, from the pinned package) and its favicon are served by the replica: the
+    page works on a network with no way out."""
+    page = client.get("/docs")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    refs = re.findall(r"""(?:src|href)=["']([^"']+)""", page.text)
+    assert len(refs) >= 4, refs  # favicon, stylesheet, two scripts
+    for ref in refs:
+        assert ref.startswith("/docs/assets/"), ref
+        asset = client.get(ref)
+        assert asset.status_code == 200 and asset.content, ref
+    major = int(swagger_ui_path.name.removeprefix("swagger-ui-").split(".")[0])
+    assert major >= 5  # OpenAPI 3.1 needs Swagger UI 5
