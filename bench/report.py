@@ -92,14 +92,16 @@ from stack.nginx import NginxServer, knobs_from_env, local_values  # noqa: E402
 from stack.servers import (  # noqa: E402
     HOST,
     child_pids,
+    find_k6,
     free_port,
     granian_command,
     group_members,
+    k6_version,
     wait_for,
 )
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-K6 = ROOT / ".venv/bin/k6"
+K6 = find_k6()
 
 
 def _half_the_memory() -> str:
@@ -1076,7 +1078,7 @@ def main(argv: list[str] | None = None) -> int:
             "command": command,
             "quick": args.quick,
             "nproc": os.cpu_count() or 1,
-            "machine": [list(kv) for kv in machine(settings)],
+            "machine": [*(list(kv) for kv in machine(settings)), ["k6", k6_version(K6)]],
             "config": {
                 "students": f"{settings.students:,} (ids {FIRST_STUDENT_ID:,}..{last_id:,})",
                 "replicas (default)": str(bench.default_replicas),

