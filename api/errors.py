@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import msgspec
 from litestar import Request, Response
@@ -64,7 +65,7 @@ _TITLES = {
 }
 
 
-def _http_exception_handler(_: Request, exc: HTTPException) -> Response[bytes]:
+def _http_exception_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
     status = exc.status_code
     headers = dict(exc.headers or {})
     # Litestar's own messages for routing errors are fine to show; they hold no internals.
@@ -72,7 +73,9 @@ def _http_exception_handler(_: Request, exc: HTTPException) -> Response[bytes]:
     return problem_response(status, _TITLES.get(status, "Error"), detail, headers or None)
 
 
-def _unexpected_exception_handler(request: Request, exc: Exception) -> Response[bytes]:
+def _unexpected_exception_handler(
+    request: Request[Any, Any, Any], exc: Exception
+) -> Response[bytes]:
     # Logged with its traceback here; the client learns nothing about internals.
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return problem_response(500, _TITLES[500], "The server failed to answer this request.")

@@ -12,12 +12,21 @@ from __future__ import annotations
 from time import perf_counter
 from typing import TYPE_CHECKING
 
+from litestar.enums import ScopeType
+
 from api.contract import DATASETS
 from api.errors import PROBLEM_MEDIA_TYPE, not_found_detail, problem_body
 from api.http_cache import cache_control, etag, matches
 
 if TYPE_CHECKING:
-    from litestar.types import ASGIApp, Receive, Scope, Send
+    from litestar.types import (
+        ASGIApp,
+        HTTPResponseBodyEvent,
+        HTTPResponseStartEvent,
+        Receive,
+        Scope,
+        Send,
+    )
 
     from api.lookup import Lookup
     from api.metrics import Metrics
@@ -50,10 +59,11 @@ def fast_records(app: ASGIApp, lookup: Lookup, metrics: Metrics, settings: Setti
         for d in DATASETS
     }
 
-    def from_copy(scope: Scope) -> tuple[str, int, list[tuple[bytes, bytes]], bytes] | None:
-        """(dataset, status, headers, body) when the copy answers this request, else None."""
-        if scope["type"] != "http" or scope["method"] not in ("GET", "HEAD"):
+    def from_copy(scope: Scope) -> tuple[str, str, int, list[tuple[bytes, bytes]], bytes] | None:
+        """(dataset, method, status, headers, body) when the copy answers, else None."""
+        if scope["type"] != ScopeType.HTTP or scope["method"] not in ("GET", "HEAD"):
             return None
+        method = scope["method"]
         path = scope["path"]
         slash = path.find("/", 1)
         dataset = by_prefix.get(path[: slash + 1])
@@ -65,12 +75,12 @@ def fast_records(app: ASGIApp, lookup: Lookup, metrics: Metrics, settings: Setti
             if not local.knows_absent(dataset.name, record_id):
                 return None
             problem, headers = absent[dataset.name]
-            return dataset.name, 404, headers, problem
+            return dataset.name, method, 404, headers, problem
         tag = etag(body)
         headers = [(b"etag", tag), (b"cache-control", control)]
         if matches(_if_none_match(scope), tag):
-            return dataset.name, 304, headers, b""
-        return dataset.name, 200, [*headers, (b"content-type", JSON)], body
+            return dataset.name, method, 304, headers, b""
+        return dataset.name, method, 200, [*headers, (b"content-type", JSON)], body
 
     async def serve(scope: Scope, receive: Receive, send: Send) -> None:
         started = perf_counter()
@@ -78,14 +88,22 @@ def fast_records(app: ASGIApp, lookup: Lookup, metrics: Metrics, settings: Setti
         if answer is None:
             await app(scope, receive, send)
             return
-        name, status, headers, body = answer
+        name, method, status, headers, body = answer
         if status != 304:
             headers = [*headers, (b"content-length", b"%d" % len(body))]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send(
-            {"type": "http.response.body", "body": body if scope["method"] == "GET" else b""}
-        )
-        outcome_count, requests, latency = counted[name, scope["method"], status]
+        start: HTTPResponseStartEvent = {
+            "type": "http.response.start",
+            "status": status,
+            "headers": headers,
+        }
+        await send(start)
+        sent: HTTPResponseBodyEvent = {
+            "type": "http.response.body",
+            "body": body if method == "GET" else b"",
+            "more_body": False,
+        }
+        await send(sent)
+        outcome_count, requests, latency = counted[name, method, status]
         outcome_count.inc()
         requests.inc()
         latency.observe(perf_counter() - started)
@@ -96,5 +114,5 @@ def fast_records(app: ASGIApp, lookup: Lookup, metrics: Metrics, settings: Setti
 def _if_none_match(scope: Scope) -> bytes | None:
     for name, value in scope["headers"]:
         if name == b"if-none-match":
-            return value  # type: ignore[no-any-return]
+            return value
     return None

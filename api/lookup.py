@@ -13,7 +13,7 @@ import logging
 import time
 from collections import OrderedDict
 from time import perf_counter
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import psycopg
@@ -158,7 +158,7 @@ class Lookup:
         for name, version in self.live.items():
             self.local.switch(name, version)
         # The newest single-record refresh this replica has applied (surge:refreshed stream id).
-        self._refreshed_seen = b"0-0"
+        self._refreshed_seen: bytes | str = b"0-0"
         self._watcher: asyncio.Task[None] | None = None
         self._warmers: dict[str, asyncio.Task[int]] = {}
         # The pool is as large as the replica's concurrency cap (Granian --backpressure), so
@@ -206,7 +206,7 @@ class Lookup:
         await self.postgres.open(wait=False)
         with contextlib.suppress(*REDIS_FAULTS):  # refreshes before now are in what we read
             newest = await self.redis.xrevrange(REFRESHED_KEY, count=1)
-            self._refreshed_seen = newest[0][0] if newest else b"0-0"
+            self._refreshed_seen = (newest[0][0] if newest else None) or b"0-0"
         await self.refresh_live()  # serve the live version from the first request on
         for dataset in DATASETS:
             self._warm(dataset)
@@ -339,7 +339,7 @@ class Lookup:
         if breaker.allows():
             started = perf_counter()
             try:
-                body = await self.redis.hget(key, field)
+                body = cast("bytes | None", await self.redis.hget(key, field))
             except REDIS_FAULTS as exc:
                 self._redis_failed(exc)
                 log.warning("redis read failed, falling back to postgres: %r", exc)
@@ -350,7 +350,7 @@ class Lookup:
                 if body is not None:
                     outcome.redis_hit.inc()
                     self.local.put(dataset.name, version, record_id, body)
-                    return body  # type: ignore[no-any-return]
+                    return body
 
         unknown_key = (dataset.name, record_id)
         if unknown_key in self.unknown:

@@ -18,6 +18,7 @@ from itertools import accumulate
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
+from litestar.enums import ScopeType
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -130,10 +131,10 @@ class _Family:
 
     def collect(self) -> Metric:
         if self.child is _Count:
-            family: Metric = CounterMetricFamily(self.name, self.doc, labels=self.label_names)
+            counter = CounterMetricFamily(self.name, self.doc, labels=self.label_names)
             for values, count in self.children.items():
-                family.add_metric(list(values), count.value)
-            return family
+                counter.add_metric(list(values), count.value)
+            return counter
         family = HistogramMetricFamily(self.name, self.doc, labels=self.label_names)
         bounds = [*(str(b) for b in LATENCY_BUCKETS), "+Inf"]
         for values, buckets in self.children.items():
@@ -271,7 +272,7 @@ class Metrics:
         clock = time.perf_counter
 
         async def measured(scope: Scope, receive: Receive, send: Send) -> None:
-            if scope["type"] != "http":
+            if scope["type"] != ScopeType.HTTP:
                 await app(scope, receive, send)
                 return
             started = clock()

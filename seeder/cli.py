@@ -7,6 +7,8 @@ import dataclasses
 import signal
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 import psycopg
 import redis
@@ -39,7 +41,7 @@ def _parser(defaults: Settings) -> argparse.ArgumentParser:
         ),
     )
 
-    def option(name: str, kind: type, what: str) -> None:
+    def option(name: str, kind: Callable[[str], Any], what: str) -> None:
         parser.add_argument(
             f"--{name.replace('_', '-')}",
             type=kind,

@@ -84,6 +84,16 @@ def _copy_safe(*texts: str) -> tuple[str, ...]:
     return texts
 
 
+def _copy_safe_pair(a: str, b: str) -> tuple[str, str]:
+    _copy_safe(a, b)
+    return a, b
+
+
+def _copy_safe_triple(a: str, b: str, c: str) -> tuple[str, str, str]:
+    _copy_safe(a, b, c)
+    return a, b, c
+
+
 def build_pools(seed: int, events: int) -> Pools:
     fake = Faker("en_US")
     fake.seed_instance(seed)
@@ -94,11 +104,11 @@ def build_pools(seed: int, events: int) -> Pools:
         male_names=_copy_safe(*(fake.first_name_male() for _ in range(_POOL))),
         last_names=_copy_safe(*(fake.last_name() for _ in range(_POOL))),
         schools=tuple(
-            _copy_safe(f"{fake.city()} {kinds[i % len(kinds)]}", regions[i % len(regions)])
+            _copy_safe_pair(f"{fake.city()} {kinds[i % len(kinds)]}", regions[i % len(regions)])
             for i in range(_POOL)
         ),
         events=tuple(
-            _copy_safe(
+            _copy_safe_triple(
                 (
                     f"{fake.name()}: World Tour {SALE_OPENS.year}",
                     f"{fake.city()} Symphony Orchestra",

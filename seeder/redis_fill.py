@@ -215,11 +215,12 @@ def fill(
     prefix = key_pattern(dataset, version)[:-1]
     pipe = client.pipeline(transaction=False)
     records = pending = 0
-    key, fields = None, []  # the hash being built: field, value, field, value, ...
+    key: str | None = None
+    fields: list[str | bytes] = []  # the hash being built: field, value, field, value, ...
 
     def flush_hash() -> None:
         if fields:
-            pipe.execute_command("HSET", key, *fields)
+            pipe.execute_command("HSET", key, *fields)  # type: ignore[no-untyped-call]
 
     # Chunked streaming: Postgres computes the next rows while these are rendered and sent,
     # and memory stays flat however big the dataset is.
