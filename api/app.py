@@ -20,7 +20,7 @@ from api.admin import admin_router
 from api.contract import DATASETS, Dataset
 from api.errors import EXCEPTION_HANDLERS, Problem, not_found_detail, problem_response
 from api.fast_path import fast_records
-from api.http_cache import cache_control, etag, matches
+from api.http_cache import cache_control, validators
 from api.lookup import Lookup
 from api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from api.metrics import Metrics
@@ -45,7 +45,7 @@ def record_route(dataset: Dataset, lookup: Lookup, settings: Settings) -> HTTPRo
     bytes and headers; this is the path of every other lookup and the one the schema shows."""
     parse_id = dataset.parse_id
     not_found = not_found_detail(dataset.noun)
-    control = cache_control(settings).decode()
+    control = cache_control(settings)
 
     async def read_record(
         record_id: Annotated[str, Parameter(schema_extra={"pattern": dataset.id_pattern})],
@@ -63,9 +63,9 @@ def record_route(dataset: Dataset, lookup: Lookup, settings: Settings) -> HTTPRo
         body = await lookup.get(dataset, key)
         if body is None:
             return problem_response(404, "Not Found", not_found)
-        tag = etag(body)
-        headers = {"ETag": tag.decode(), "Cache-Control": control}
-        if matches(if_none_match.encode() if if_none_match else None, tag):
+        status, pairs = validators(body, if_none_match.encode() if if_none_match else None, control)
+        headers = {name.decode(): value.decode() for name, value in pairs}
+        if status == 304:
             return Response(b"", status_code=304, headers=headers)
         return Response(body, media_type=MediaType.JSON, headers=headers)
 

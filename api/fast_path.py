@@ -16,7 +16,7 @@ from litestar.enums import ScopeType
 
 from api.contract import DATASETS
 from api.errors import PROBLEM_MEDIA_TYPE, not_found_detail, problem_body
-from api.http_cache import cache_control, etag, matches
+from api.http_cache import cache_control, validators
 
 if TYPE_CHECKING:
     from litestar.types import (
@@ -76,9 +76,8 @@ def fast_records(app: ASGIApp, lookup: Lookup, metrics: Metrics, settings: Setti
                 return None
             problem, headers = absent[dataset.name]
             return dataset.name, method, 404, headers, problem
-        tag = etag(body)
-        headers = [(b"etag", tag), (b"cache-control", control)]
-        if matches(_if_none_match(scope), tag):
+        status, headers = validators(body, _if_none_match(scope), control)
+        if status == 304:
             return dataset.name, method, 304, headers, b""
         return dataset.name, method, 200, [*headers, (b"content-type", JSON)], body
 

@@ -9,16 +9,17 @@ Bounded in bytes; entries belong to one dataset version and are dropped with it.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections import OrderedDict
 from typing import Any
 
 from api.contract import Dataset
 
-log = logging.getLogger("surge.local_cache")
-
 # What one entry costs beyond its body: the dict slot, the key and the bytes object's header.
 ENTRY_OVERHEAD = 120
+
+
+def _size(body: bytes) -> int:
+    return len(body) + ENTRY_OVERHEAD
 
 
 class DatasetCache:
@@ -67,10 +68,10 @@ class LocalCache:
         cache = self.datasets.get(dataset)
         if cache is None or cache.version != version or self.max_bytes <= 0:
             return
-        size = len(body) + ENTRY_OVERHEAD
+        size = _size(body)
         old = cache.records.pop(record_id, None)
         if old is not None:
-            self._forget(cache, len(old) + ENTRY_OVERHEAD)
+            self._forget(cache, old)
         while self.used + size > self.max_bytes and self._evict_one():
             pass
         if self.used + size > self.max_bytes:
@@ -97,15 +98,15 @@ class LocalCache:
         cache.refreshed.add(record_id)
         old = cache.records.pop(record_id, None)
         if old is not None:
-            self._forget(cache, len(old) + ENTRY_OVERHEAD)
+            self._forget(cache, old)
 
     def records(self, dataset: str) -> int:
         cache = self.datasets.get(dataset)
         return 0 if cache is None else len(cache.records)
 
-    def _forget(self, cache: DatasetCache, size: int) -> None:
-        cache.bytes -= size
-        self.used -= size
+    def _forget(self, cache: DatasetCache, body: bytes) -> None:
+        cache.bytes -= _size(body)
+        self.used -= _size(body)
 
     def _evict_one(self) -> bool:
         """Drop the oldest entry of the largest dataset; False when nothing is left."""
@@ -113,7 +114,7 @@ class LocalCache:
         if cache is None or not cache.records:
             return False
         _, body = cache.records.popitem(last=False)
-        self._forget(cache, len(body) + ENTRY_OVERHEAD)
+        self._forget(cache, body)
         cache.complete = False
         return True
 

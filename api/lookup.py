@@ -209,7 +209,8 @@ class Lookup:
             self._refreshed_seen = (newest[0][0] if newest else None) or b"0-0"
         await self.refresh_live()  # serve the live version from the first request on
         for dataset in DATASETS:
-            self._warm(dataset)
+            if dataset.name not in self._warmers:  # refresh_live started those it switched
+                self._warm(dataset)
         self._watcher = asyncio.create_task(self._watch_live(), name="surge-live-versions")
 
     async def close(self) -> None:

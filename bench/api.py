@@ -32,7 +32,7 @@ from api.settings import Settings  # noqa: E402
 from bench.machine import machine  # noqa: E402
 from bench.wrk import random_students  # noqa: E402
 from seeder.generate import FIRST_STUDENT_ID  # noqa: E402
-from stack.servers import free_port, granian_command, wait_for  # noqa: E402
+from stack.servers import free_port, granian_command, stop_children, wait_for  # noqa: E402
 
 # name: (app factory, environment it runs with)
 APPS = {
@@ -94,10 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"p99 {result['p99_ms']:.1f} ms, errors {result['non_2xx']:.0f}"
                       f"+{result['socket_errors']:.0f}")  # fmt: skip
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(timeout=30)
+        stop_children(procs, timeout=30)
 
     report = markdown(results, args, settings)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import tempfile
 import time
 import urllib.parse
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from stack.launcher import http_ok
-from stack.servers import HOST, free_port, wait_for
+from stack.servers import HOST, free_port, start_child, stop_children
 
 QUERY = "histogram_quantile({q}, sum(rate(k6_http_req_duration_seconds[2s])))"
 
@@ -42,18 +41,13 @@ class ClientSeries:
         self.dir = Path(tempfile.mkdtemp(prefix="surge-bench-prometheus-"))
         config = self.dir / "prometheus.yml"
         config.write_text("global:\n  scrape_interval: 15s\n")
-        self.proc = subprocess.Popen(
+        self.proc = start_child(
             [binary, f"--config.file={config}", f"--storage.tsdb.path={self.dir / 'data'}",
              f"--web.listen-address={HOST}:{self.port}", "--web.enable-remote-write-receiver",
              "--enable-feature=native-histograms", "--log.level=warn"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        wait_for(
             lambda: http_ok(f"{self.url}/-/ready", timeout=1),
-            timeout=30,
-            what="bench Prometheus",
-            alive=lambda: self.proc.poll() is None,
-        )
+            "bench Prometheus",
+        )  # fmt: skip
         return self
 
     def series(self, since: float, until: float) -> list[dict[str, float]]:
@@ -72,10 +66,6 @@ class ClientSeries:
         return [{"t": t, **v} for t, v in sorted(out.items())]
 
     def __exit__(self, *exc: Any) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop_children([self.proc])
         shutil.rmtree(self.dir, ignore_errors=True)
         time.sleep(0.1)

@@ -4,13 +4,12 @@ the machine's and the load generator's; what surge shows beyond it is surge's.""
 
 from __future__ import annotations
 
-import subprocess
 import time
 from pathlib import Path
 
 from stack.launcher import http_ok
 from stack.nginx import nginx_binary
-from stack.servers import HOST, free_port, wait_for
+from stack.servers import HOST, child_pids, free_port, start_child, stop_children
 
 # About the size of a real student record (~450 bytes).
 _PADDING = "x" * 380
@@ -49,28 +48,17 @@ class Floor:
         conf.write_text(
             CONF.format(prefix=self.prefix, host=HOST, port=self.port, padding=_PADDING)
         )
-        self.proc = subprocess.Popen(
+        self.proc = start_child(
             [nginx_binary(), "-p", str(self.prefix), "-c", str(conf)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for(
             lambda: http_ok(f"{self.url}/students/1", timeout=1),
+            "floor nginx",
             timeout=10,
-            what="floor nginx",
-            alive=lambda: self.proc.poll() is None,
         )
         return self
 
     def pids(self) -> list[int]:
-        from stack.servers import child_pids
-
         return [self.proc.pid, *sorted(child_pids(self.proc.pid))]
 
     def __exit__(self, *exc: object) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop_children([self.proc], timeout=10)
         time.sleep(0.2)

