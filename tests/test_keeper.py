@@ -9,13 +9,15 @@ import sys
 import time
 from pathlib import Path
 
+from polling import poll
+
 from api.contract import DATASETS, LIVE_KEY, MARKER_KEY, STUDENTS
 from seeder import redis_fill
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_a_flushed_redis_is_refilled_without_anyone_asking(settings, seeded, rds, pg):
+def test_a_flushed_redis_is_refilled_without_anyone_asking(settings, seeded, rds, pg, tmp_path):
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("SURGE_")},
         "SURGE_DATABASE_URL": settings.database_url,
@@ -23,10 +25,12 @@ def test_a_flushed_redis_is_refilled_without_anyone_asking(settings, seeded, rds
         "SURGE_STUDENTS": str(settings.students),
         "SURGE_BOOKINGS": str(settings.bookings),
     }
-    keeper = subprocess.Popen(
-        [sys.executable, "-m", "seeder", "--watch", "0.2"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+    log = tmp_path / "keeper.log"
+    with log.open("w") as out:
+        keeper = subprocess.Popen(
+            [sys.executable, "-u", "-m", "seeder", "--watch", "0.2"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
     try:
         assert redis_fill.looks_whole(rds, DATASETS)
         time.sleep(1.0)  # a few rounds over a whole Redis: nothing to do, nothing printed
@@ -41,9 +45,12 @@ def test_a_flushed_redis_is_refilled_without_anyone_asking(settings, seeded, rds
         (student,) = pg.execute("SELECT max(id) FROM students").fetchone()
         assert rds.hget(*STUDENTS.live_slot(rds, student)) is not None
         print(f"[keeper] refilled {took:.2f} s after FLUSHALL")
+        # The seeder reports once its run is over (after the switch: sweep, snapshot).
+        poll(lambda: "surge-seed --watch:" in log.read_text(), 30, "the keeper's report")
     finally:
         keeper.terminate()
-        out, _ = keeper.communicate(timeout=30)
+        keeper.wait(timeout=30)
+    out = log.read_text()
     assert keeper.returncode == 0, out
     # One line: the refill; the rounds over a whole Redis said nothing.
     assert out.count("surge-seed --watch:") == 1, out
