@@ -44,8 +44,8 @@ from api.settings import Settings  # noqa: E402
 from bench.machine import machine  # noqa: E402
 from bench.wrk import random_students  # noqa: E402
 from seeder.generate import FIRST_STUDENT_ID  # noqa: E402
-from stack.launcher import Layout, PidFiles, default_replicas, spare_env  # noqa: E402
-from stack.servers import HOST, group_members  # noqa: E402
+from stack.launcher import Layout, Stack, default_replicas, spare_env  # noqa: E402
+from stack.servers import HOST  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -108,11 +108,10 @@ class Topology:
 
     def groups(self) -> dict[str, list[int]]:
         """Pids per role: nginx (master + workers), replicas (each Granian + its worker)."""
-        records = PidFiles(self.layout.pids).all()
         out: dict[str, list[int]] = {"nginx": [], "replicas": []}
-        for rec in records:
-            role = "nginx" if rec.name == "nginx" else "replicas"
-            out[role] += group_members(rec.pid)
+        for name, pids in Stack(self.layout, self.env).process_groups().items():
+            if name == "nginx" or name.startswith("api-"):
+                out["nginx" if name == "nginx" else "replicas"] += pids
         return out
 
     def nginx_errors(self) -> Counter[str]:

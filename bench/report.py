@@ -95,7 +95,6 @@ from stack.servers import (  # noqa: E402
     find_k6,
     free_port,
     granian_command,
-    group_members,
     k6_version,
     stop_children,
     wait_for,
@@ -460,14 +459,15 @@ class Topology(LauncherTopology):
 
     def groups(self) -> tuple[dict[str, list[int]], dict[str, int]]:
         """Pids per process (nginx, api-1..N) and each replica's port."""
-        from stack.launcher import PidFiles
+        from stack.launcher import Stack
 
-        groups, ports = {}, {}
-        for rec in PidFiles(self.layout.pids).all():
-            if rec.name == "nginx" or rec.name.startswith("api-"):
-                groups[rec.name] = group_members(rec.pid) or [rec.pid]
-            if rec.name.startswith("api-"):
-                ports[rec.name] = rec.port
+        launcher = Stack(self.layout, self.env)
+        groups = {
+            name: pids
+            for name, pids in launcher.process_groups().items()
+            if name == "nginx" or name.startswith("api-")
+        }
+        ports = {p.name: p.port for p in launcher.replicas()}
         return groups, ports
 
     @property

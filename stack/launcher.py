@@ -10,10 +10,12 @@ The config files are the ones compose.yaml uses: nginx/nginx.conf.template (rend
 stack.nginx) and monitoring/prometheus/prometheus.yml, copied as it is; the local addresses go
 into the file_sd target files it reads from targets/ beside the copy.
 
-Every process runs detached, in its own session, and has a pid file in RUN/pids/ (pid, kernel
-start time, command-line markers), so `down` stops exactly what `up` started and sweeps each
-process group (nginx workers, Granian's worker, Postgres backends). Everything `up` starts is
-polled until it answers, never waited for with a fixed sleep.
+Every process is a program of one supervisord (stack.supervisor), whose config `up` writes to
+RUN/supervisor/: it restarts whatever exits (a replica SIGKILLed is serving again within about
+two seconds), gives up on a program that keeps failing at start (`status` says so), and `down`
+stops exactly its programs, kind by kind, before it exits itself. What supervisord cannot do
+stays here: rendering configs, the order (stores, seed, keeper, replicas, nginx, monitoring),
+readiness waits (polled until each answers, never a fixed sleep) and rolling restarts.
 
 Where and on which ports is Layout (env: SURGE_RUN_DIR, SURGE_HTTP_PORT, ...): the defaults are
 the documented ones (8080, 9090, ./.run); the tests and benchmarks use a temp dir and free ports.
@@ -22,21 +24,20 @@ the documented ones (8080, 9090, ./.run); the tests and benchmarks use a temp di
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
 import shutil
-import signal
-import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
-from stack.nginx import SERVER_PARAMS, NginxError, NginxServer, local_values
+from stack.nginx import SERVER_PARAMS, NginxServer, local_values
 from stack.servers import (
     HOST,
     PostgresServer,
@@ -45,15 +46,10 @@ from stack.servers import (
     ensure_port_free,
     free_port_block,
     granian_command,
-    group_members,
-    kill_group,
     log_tail,
-    pid_alive,
-    process_cmdline,
-    process_start_time,
     wait_for,
-    wait_gone,
 )
+from stack.supervisor import RUNNING_STATES, Program, Supervisor, group_pids
 
 
 def _root() -> Path:
@@ -140,8 +136,8 @@ class Layout:
         return self.run / "logs"
 
     @property
-    def pids(self) -> Path:
-        return self.run / "pids"
+    def supervisor_dir(self) -> Path:
+        return self.run / "supervisor"
 
     @property
     def nginx_prefix(self) -> Path:
@@ -212,63 +208,6 @@ def replica_number(name: str) -> int | None:
 
 
 # --------------------------------------------------------------------------------------------
-# pid files: what `up` started, so that `down` stops exactly that
-
-
-@dataclass
-class Record:
-    name: str
-    pid: int
-    port: int
-    start_time: int | None
-    """Kernel start time of the process: a pid reused by something else will not match it."""
-    markers: list[str]
-    """Strings its command line must contain (a second check, for systems without /proc)."""
-
-    def is_live(self) -> bool:
-        """True when the pid still belongs to the process we started."""
-        if not pid_alive(self.pid):
-            return False
-        if self.start_time is not None and process_start_time(self.pid) != self.start_time:
-            return False
-        cmdline = process_cmdline(self.pid)
-        return cmdline is not None and all(m in cmdline for m in self.markers)
-
-    def leftovers(self) -> list[int]:
-        """Live members of its process group once the leader is gone (e.g. Granian's worker
-        after its main process was SIGKILLed: it keeps serving). While such members exist, the
-        kernel does not reuse the group id, so they can only be ours."""
-        if pid_alive(self.pid):
-            return []
-        return group_members(self.pid)
-
-
-class PidFiles:
-    def __init__(self, directory: Path) -> None:
-        self.dir = directory
-
-    def save(self, rec: Record) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        path = self.dir / f"{rec.name}.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(rec)) + "\n")
-        tmp.replace(path)
-
-    def remove(self, name: str) -> None:
-        (self.dir / f"{name}.json").unlink(missing_ok=True)
-
-    def load(self, name: str) -> Record | None:
-        try:
-            return Record(**json.loads((self.dir / f"{name}.json").read_text()))
-        except (OSError, ValueError, TypeError):
-            return None
-
-    def all(self) -> list[Record]:
-        names = sorted(p.stem for p in self.dir.glob("*.json")) if self.dir.exists() else []
-        return [r for r in (self.load(n) for n in names) if r is not None]
-
-
-# --------------------------------------------------------------------------------------------
 # small helpers
 
 
@@ -298,21 +237,6 @@ def _with_query(url: str, param: str) -> str:
     return url + ("&" if "?" in url else "?") + param
 
 
-ORDER = {
-    "nginx": 0, "prometheus": 1, "exporter": 2, "api": 3, "redis-keeper": 3, "redis": 4,
-    "postgres": 5,
-}  # fmt: skip
-"""`down` stops the entry first (no new requests), then monitoring, replicas, stores."""
-
-
-def _kind(name: str) -> str:
-    if name.endswith("-exporter"):
-        return "exporter"
-    if replica_number(name) is not None:
-        return "api"
-    return name
-
-
 @dataclass(frozen=True)
 class Exporter:
     job: str
@@ -339,16 +263,51 @@ EXPORTERS = tuple(Exporter(job) for job in ("node", "nginx", "redis", "postgres"
 # --------------------------------------------------------------------------------------------
 # the stack
 
+PRIORITY = {
+    "postgres": 10, "redis": 20, "redis-keeper": 30, "api": 40, "exporter": 50,
+    "prometheus": 60, "nginx": 70,
+}  # fmt: skip
+"""supervisord's order: the stores start first; `down` stops the entry first (no new
+requests), then monitoring, the replicas and the keeper, the stores last."""
+REPLICA_START_SECS = 3
+"""A replica that exits sooner than this after a start counted as a failed try..."""
+REPLICA_START_RETRIES = 3
+"""... and after this many in a row supervisord gives up on it (FATAL in `make status`)."""
+
+
+def _kind(name: str) -> str:
+    if name.endswith("-exporter"):
+        return "exporter"
+    if replica_number(name) is not None:
+        return "api"
+    return name
+
+
+@dataclass(frozen=True)
+class Process:
+    """One supervised process as `status` (and the tests and benchmarks) see it."""
+
+    name: str
+    state: str
+    """supervisord's: STARTING, RUNNING, BACKOFF, STOPPED, EXITED, FATAL (given up)."""
+    pid: int | None
+    port: int
+    description: str
+
+    @property
+    def live(self) -> bool:
+        return self.state in RUNNING_STATES and self.pid is not None
+
 
 class Stack:
-    """One local stack: its layout and the environment its processes get."""
+    """One local stack: its layout, its supervisord, and the environment its processes get."""
 
     def __init__(
         self, layout: Layout | None = None, environ: Mapping[str, str] | None = None
     ) -> None:
         self.environ = dict(os.environ if environ is None else environ)
         self.layout = layout or Layout.from_env(self.environ)
-        self.pids = PidFiles(self.layout.pids)
+        self.supervisor = Supervisor(self.layout.supervisor_dir, self.layout.logs)
 
     # -- pieces -----------------------------------------------------------------------------
 
@@ -404,341 +363,301 @@ class Stack:
         values = values or self.saved_nginx_values() or fallback
         return NginxServer(self.layout.nginx_prefix, values)
 
-    def _apply_nginx(self, values: dict[str, str]) -> None:
-        """Start nginx with these values, or reload the running one when they changed."""
-        server = self.nginx(values)
-        rec = self.pids.load("nginx")
-        live = rec is not None and rec.is_live()
-        if live and rec is not None and server.pid == rec.pid:
-            if self.saved_nginx_values() == values and server.conf_path.exists():
-                say(f"nginx: already running (pid {rec.pid}) on :{self.layout.http_port}")
-            else:
-                say("nginx: reloading (new upstreams or knobs)")
-                server.reload(values)
-        else:
-            if live and rec is not None:
-                self.stop([rec])
-            self._forget(rec)
-            if server.running:  # started from this prefix without a pid file of ours
-                server.stop()
-            ensure_port_free(self.layout.http_port, "nginx", self._hint("SURGE_HTTP_PORT"))
-            say(f"nginx: starting on :{self.layout.http_port}")
-            server.start(detached=True)
-            assert server.pid is not None
-            self._record(
-                "nginx", server.pid, self.layout.http_port, ["nginx", str(self.layout.nginx_prefix)]
+    def _own_postgres(self) -> bool:
+        return not self.environ.get("SURGE_DATABASE_URL")
+
+    def _own_redis(self) -> bool:
+        return not self.environ.get("SURGE_REDIS_URL")
+
+    def store_env(self) -> dict[str, str]:
+        """Our environment with the URLs of the stores this stack runs itself."""
+        env = dict(self.environ)
+        if self._own_postgres():
+            env["SURGE_DATABASE_URL"] = self.postgres().url
+        if self._own_redis():
+            env["SURGE_REDIS_URL"] = self.redis().url
+        return env
+
+    # -- the programs -----------------------------------------------------------------------
+
+    def programs(self, env: Mapping[str, str], n_replicas: int, monitoring: bool) -> list[Program]:
+        """Everything this stack runs, as supervisord programs (prepares the stores' dirs)."""
+        from dataclasses import fields as settings_fields
+
+        from api.settings import Settings
+        from api.settings import env_name as setting_name
+
+        layout = self.layout
+        # Only what the replicas and the seeder read: a launcher knob (SURGE_REPLICAS, a port)
+        # changing must not count as their settings changing, which restarts them.
+        read = {setting_name(f.name) for f in settings_fields(Settings)}
+        surge = {k: v for k, v in env.items() if k in read}
+        progs: list[Program] = []
+        if self._own_postgres():
+            pg = self.postgres()
+            progs.append(
+                Program(
+                    "postgres",
+                    pg.prepare(),
+                    PRIORITY["postgres"],
+                    pg.port,
+                    environment=pg.environment,
+                    user=pg.system_user,
+                    stop_signal="INT",  # fast shutdown: sessions rolled back, a checkpoint
+                    stop_wait_s=30,
+                    start_secs=2,
+                )
             )
-        self._nginx_values_file.write_text(json.dumps(values, indent=1) + "\n")
+        if self._own_redis():
+            rd = self.redis()
+            progs.append(
+                Program(
+                    "redis",
+                    rd.command(),
+                    PRIORITY["redis"],
+                    rd.port,
+                    directory=rd.dir,
+                    stop_wait_s=60,  # SIGTERM saves the dataset first (a second or two)
+                )
+            )
+            keeper = [sys.executable, "-m", "seeder", "--watch", str(KEEPER_INTERVAL_S)]
+            progs.append(
+                Program(KEEPER, keeper, PRIORITY[KEEPER], environment=surge, directory=ROOT)
+            )
+        backpressure = Settings.from_env(dict(env)).redis_pool_size
+        for n in range(1, n_replicas + 1):
+            port = layout.replica_port(n)
+            progs.append(
+                Program(
+                    replica_name(n),
+                    granian_command("api.app:create_app", port, backpressure),
+                    PRIORITY["api"],
+                    port,
+                    environment=surge,
+                    directory=ROOT,
+                    stop_wait_s=int(REPLICA_STOP_TIMEOUT),
+                    start_secs=REPLICA_START_SECS,
+                    start_retries=REPLICA_START_RETRIES,
+                )
+            )
+        nginx = self.nginx().argv()  # the command names the config file, not its contents
+        progs.append(
+            Program(
+                "nginx",
+                nginx,
+                PRIORITY["nginx"],
+                layout.http_port,
+                stop_signal="QUIT",  # graceful: stops accepting, in-flight requests finish
+                stop_wait_s=15,
+            )
+        )
+        if monitoring:
+            for exp in EXPORTERS:
+                exp_env = {}
+                if exp.name == "postgres-exporter":
+                    exp_env["DATA_SOURCE_NAME"] = _with_query(
+                        env["SURGE_DATABASE_URL"], "sslmode=disable"
+                    )
+                progs.append(
+                    Program(
+                        exp.name,
+                        self._exporter_command(exp, env),
+                        PRIORITY["exporter"],
+                        getattr(layout, exp.port_field),
+                        environment=exp_env,
+                    )
+                )
+            progs.append(
+                Program(
+                    "prometheus",
+                    self._prometheus_command(),
+                    PRIORITY["prometheus"],
+                    layout.prometheus_port,
+                )
+            )
+        return progs
 
-    # -- records ------------------------------------------------------------------------------
+    def _port_of(self, name: str) -> int:
+        layout = self.layout
+        n = replica_number(name)
+        if n is not None:
+            return layout.replica_port(n)
+        ports: dict[str, int] = {
+            "postgres": layout.pg_port,
+            "redis": layout.redis_port,
+            "nginx": layout.http_port,
+            "prometheus": layout.prometheus_port,
+            **{e.name: getattr(layout, e.port_field) for e in EXPORTERS},
+        }
+        return ports.get(name, 0)
 
-    def _record(self, name: str, pid: int, port: int, markers: list[str]) -> Record:
-        rec = Record(name, pid, port, process_start_time(pid), markers)
-        self.pids.save(rec)
-        return rec
+    def processes(self) -> list[Process]:
+        """What supervisord runs for this stack, in start order (empty when it is not up)."""
+        procs = [
+            Process(
+                str(i["name"]),
+                str(i["statename"]),
+                int(i["pid"]) or None,
+                self._port_of(str(i["name"])),
+                str(i["description"]),
+            )
+            for i in self.supervisor.all_info()
+        ]
+        return sorted(procs, key=lambda p: (PRIORITY.get(_kind(p.name), 99), p.name))
 
-    def _forget(self, rec: Record | None) -> None:
-        """Drop a pid file whose process is gone, sweeping what its group left behind."""
-        if rec is None:
-            return
-        if rec.leftovers():
-            say(f"{rec.name}: leftovers of pid {rec.pid} still run; killing them")
-            kill_group(rec.pid, signal.SIGKILL)
-            deadline = time.monotonic() + 10
-            while rec.leftovers() and time.monotonic() < deadline:
-                time.sleep(0.02)
-        self.pids.remove(rec.name)
+    def process(self, name: str) -> Process | None:
+        return next((p for p in self.processes() if p.name == name), None)
+
+    def process_groups(self) -> dict[str, list[int]]:
+        """Pids per live process: the program and everything in its process group."""
+        return {p.name: group_pids(p.pid) for p in self.processes() if p.live and p.pid}
+
+    def replicas(self) -> list[Process]:
+        return [p for p in self.processes() if replica_number(p.name) is not None]
+
+    # -- starting ---------------------------------------------------------------------------
 
     def _hint(self, variable: str) -> str:
         return f"set {variable} to another port, or run `make down` if an earlier `up` started it"
 
-    def _spawn(
-        self,
-        name: str,
-        cmd: list[str],
-        port: int,
-        markers: list[str],
-        env: Mapping[str, str] | None = None,
-    ) -> Record:
-        """Start a detached process (its own session: outlives us, its group is sweepable)."""
-        self.layout.logs.mkdir(parents=True, exist_ok=True)
-        log_path = self.layout.logs / f"{name}.log"
-        with open(log_path, "ab") as log:
-            log.write(f"--- {time.strftime('%F %T')} starting {name} on :{port}\n".encode())
-            log.flush()
-            proc = subprocess.Popen(
-                cmd,
-                cwd=ROOT,
-                env=dict(env if env is not None else self.environ),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        # Popen returns once the child has entered execve, which sets up the new command line
-        # a moment later (under load, /proc/PID/cmdline can still be empty): wait for it, or
-        # is_live() would take the new process for a stranger.
-        deadline = time.monotonic() + 5
-        while proc.poll() is None and time.monotonic() < deadline:
-            cmdline = process_cmdline(proc.pid)
-            if cmdline and all(m in cmdline for m in markers):
-                break
-            time.sleep(0.005)
-        return self._record(name, proc.pid, port, markers)
+    def _preflight(self, programs: list[Program], live: set[str]) -> None:
+        """Fail on a taken port before anything starts (and before minutes of seeding)."""
+        variables = {
+            "postgres": "SURGE_PG_PORT",
+            "redis": "SURGE_REDIS_PORT",
+            "nginx": "SURGE_HTTP_PORT",
+            "prometheus": "SURGE_PROMETHEUS_PORT",
+            **{e.name: env_name(e.port_field) for e in EXPORTERS},
+        }
+        for prog in programs:
+            if prog.name in live or not prog.port:
+                continue
+            variable = variables.get(prog.name, "SURGE_API_PORT_BASE")
+            ensure_port_free(prog.port, prog.name, self._hint(variable))
+            if prog.name == "nginx":
+                ensure_port_free(
+                    self.layout.nginx_status_port,
+                    "nginx's stub_status",
+                    self._hint("SURGE_NGINX_STATUS_PORT"),
+                )
 
-    def _wait_ready(self, rec: Record, ready: Callable[[], bool], what: str) -> None:
+    def _daemon_env(self) -> dict[str, str]:
+        """supervisord's own environment, which every program inherits: the settings go to
+        each program in its section instead (they change between `up`s; this does not)."""
+        return {
+            k: v
+            for k, v in self.environ.items()
+            if not k.startswith("SURGE_") and k != "DATA_SOURCE_NAME"
+        }
+
+    def _wait_ready(self, name: str, ready: Callable[[], bool], what: str) -> None:
         wait_for(
             ready,
             timeout=READY_TIMEOUT,
             what=what,
-            alive=rec.is_live,
-            on_death=lambda: log_tail(self.layout.logs / f"{rec.name}.log"),
+            alive=lambda: self.supervisor.state(name) in RUNNING_STATES,
+            on_death=lambda: log_tail(self.layout.logs / f"{name}.log"),
             interval=0.05,
         )
 
-    # -- replicas -----------------------------------------------------------------------------
-
-    def replica_env(self) -> dict[str, str]:
-        """What replicas get: our environment with the SURGE_ settings `up` ran with (saved, so
-        that `restart` starts a replica exactly as `up` did)."""
-        env = {k: v for k, v in self.environ.items() if not k.startswith("SURGE_")}
-        try:
-            saved = json.loads((self.layout.run / "replica-env.json").read_text())
-        except (OSError, ValueError):
-            saved = {k: v for k, v in self.environ.items() if k.startswith("SURGE_")}
-        env.update(saved)
-        return env
-
-    def _save_replica_env(self, env: Mapping[str, str]) -> None:
-        surge = {k: v for k, v in env.items() if k.startswith("SURGE_")}
-        (self.layout.run / "replica-env.json").write_text(json.dumps(surge, indent=1) + "\n")
-
-    def _start_replica(self, n: int, env: Mapping[str, str]) -> Record:
-        from api.settings import Settings
-
-        port = self.layout.replica_port(n)
-        name = replica_name(n)
-        self._forget(self.pids.load(name))
-        ensure_port_free(port, f"API replica {n}", self._hint("SURGE_API_PORT_BASE"))
-        backpressure = Settings.from_env(dict(env)).redis_pool_size
-        cmd = granian_command("api.app:create_app", port, backpressure)
-        rec = self._spawn(name, cmd, port, ["granian", f"--port {port}", "api.app:create_app"], env)
-        say(f"{name}: starting on :{port}, log in {self._rel(self.layout.logs / (name + '.log'))}")
-        return rec
-
-    def _wait_replica(self, rec: Record) -> None:
-        url = f"http://{HOST}:{rec.port}/ready"
-        self._wait_ready(rec, lambda: http_ok(url), f"{rec.name} (GET {url})")
-        say(f"{rec.name}: ready")
-
-    def replicas(self) -> list[Record]:
-        """Replica pid files, by number."""
-        recs = [r for r in self.pids.all() if replica_number(r.name) is not None]
-        return sorted(recs, key=lambda r: replica_number(r.name) or 0)
-
-    # -- stopping -----------------------------------------------------------------------------
-
-    def _signal_stop(self, rec: Record) -> bool:
-        """Ask one process to stop (blocking for the ones with their own protocol). False when
-        the pid is no longer ours."""
-        if not rec.is_live():
-            say(f"{rec.name}: not running (pid {rec.pid} gone or reused); forgetting it")
-            self._forget(rec)
+    def _start(self, name: str, added: set[str], changed: set[str]) -> bool:
+        """Bring one program to running under its current config: True when it (re)started."""
+        sup = self.supervisor
+        if name in changed:
+            say(f"{name}: its settings changed; restarting it")
+            sup.remove(name)
+        sup.add(name)
+        if sup.state(name) in ("STARTING", "RUNNING"):
+            say(f"{name}: already running (pid {sup.pid_of(name)})")
             return False
-        say(f"{rec.name}: stopping pid {rec.pid}")
-        kind = _kind(rec.name)
-        if kind == "postgres":
-            pg = self.postgres()
-            if pg.pid == rec.pid:
-                pg.stop()
-        elif kind == "redis":
-            rd = self.redis()
-            if rd.pid == rec.pid:
-                rd.stop()  # SHUTDOWN SAVE: the next `up` starts warm
-        elif kind == "nginx":
-            server = self.nginx()
-            if server.pid == rec.pid:
-                server.stop()  # SIGQUIT: stops accepting, in-flight requests finish
-        if pid_alive(rec.pid):
-            # Granian: graceful (socket closed, in-flight requests finish); the others: clean
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(rec.pid, signal.SIGTERM)
+        port = self._port_of(name)
+        say(f"{name}: starting" + (f" on :{port}" if port else ""))
+        sup.start(name)
         return True
 
-    def _finish_stop(self, rec: Record) -> None:
-        timeout = REPLICA_STOP_TIMEOUT if _kind(rec.name) == "api" else 15.0
-        if not wait_gone(rec.pid, timeout):
-            say(f"{rec.name}: did not stop in {timeout:.0f} s; killing it")
-        kill_group(rec.pid, signal.SIGKILL)  # what it left behind (workers, backends)
-        wait_gone(rec.pid, 10)
-        deadline = time.monotonic() + 10
-        while group_members(rec.pid) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        self.pids.remove(rec.name)
-
-    def stop(self, records: Iterable[Record]) -> None:
-        """Stop these, kind by kind in ORDER; processes of one kind stop together."""
-        by_level: dict[int, list[Record]] = {}
-        for rec in records:
-            by_level.setdefault(ORDER.get(_kind(rec.name), 2), []).append(rec)
-        for level in sorted(by_level):
-            asked = [rec for rec in by_level[level] if self._signal_stop(rec)]
-            for rec in asked:
-                self._finish_stop(rec)
-
-    # -- commands -----------------------------------------------------------------------------
-
-    def _rel(self, path: Path) -> str:
-        with contextlib.suppress(ValueError):
-            return str(path.relative_to(ROOT))
-        return str(path)
-
-    def _preflight(self, n_replicas: int, monitoring: bool) -> None:
-        """Fail on a taken port before anything starts (and before minutes of seeding)."""
-        layout = self.layout
-
-        def ours(name: str, port: int) -> bool:
-            rec = self.pids.load(name)
-            return rec is not None and rec.is_live() and rec.port == port
-
-        if not self.environ.get("SURGE_DATABASE_URL") and not self.postgres().running:
-            ensure_port_free(
-                layout.pg_port,
-                "Postgres",
-                "set SURGE_DATABASE_URL to use that server, or SURGE_PG_PORT",
-            )
-        if not self.environ.get("SURGE_REDIS_URL") and not self.redis().running:
-            ensure_port_free(
-                layout.redis_port,
-                "Redis",
-                "set SURGE_REDIS_URL to use that server, or SURGE_REDIS_PORT",
-            )
-        for n in range(1, n_replicas + 1):
-            if not ours(replica_name(n), layout.replica_port(n)):
-                ensure_port_free(
-                    layout.replica_port(n), f"API replica {n}", self._hint("SURGE_API_PORT_BASE")
-                )
-        if not ours("nginx", layout.http_port):
-            ensure_port_free(layout.http_port, "nginx", self._hint("SURGE_HTTP_PORT"))
-            ensure_port_free(
-                layout.nginx_status_port,
-                "nginx's stub_status",
-                self._hint("SURGE_NGINX_STATUS_PORT"),
-            )
-        if monitoring:
-            if not ours("prometheus", layout.prometheus_port):
-                ensure_port_free(
-                    layout.prometheus_port, "Prometheus", self._hint("SURGE_PROMETHEUS_PORT")
-                )
-            for exp in EXPORTERS:
-                port = getattr(layout, exp.port_field)
-                if not ours(exp.name, port):
-                    ensure_port_free(port, exp.name, self._hint(env_name(exp.port_field)))
-                find_program(exp.program, exp.program)
-            find_program("prometheus", "prometheus")
-
-    def _stores(self, env: dict[str, str]) -> None:
-        if self.environ.get("SURGE_DATABASE_URL"):
-            say("Postgres: using SURGE_DATABASE_URL (not starting one)")
-        else:
-            pg = self.postgres()
-            if pg.running:
-                say(f"Postgres: already running (pid {pg.pid}) on :{pg.port}")
-            else:
-                say(f"Postgres: starting on :{pg.port}, data in {self._rel(pg.data_dir)}")
-            pg.start()
-            assert pg.pid is not None
-            self._record("postgres", pg.pid, pg.port, ["postgres", str(pg.data_dir)])
-            env["SURGE_DATABASE_URL"] = pg.url
-
-        if self.environ.get("SURGE_REDIS_URL"):
-            say("Redis: using SURGE_REDIS_URL (not starting one)")
-        else:
-            rd = self.redis()
-            if rd.running:
-                say(f"Redis: already running (pid {rd.pid}) on :{rd.port}")
-            else:
-                say(f"Redis: starting on :{rd.port}, data in {self._rel(rd.dir)}")
-            rd.start()
-            assert rd.pid is not None
-            self._record("redis", rd.pid, rd.port, ["redis-server", f":{rd.port}"])
-            env["SURGE_REDIS_URL"] = rd.url
-
-    def _keeper_up(self, env: dict[str, str]) -> None:
-        """The seeder in watch mode: a Redis that restarted empty or was flushed is refilled
-        from Postgres within seconds, without anyone running `make seed`."""
-        rec = self.pids.load(KEEPER)
-        if rec is not None and rec.is_live():
-            say(f"{KEEPER}: already running (pid {rec.pid})")
-            return
-        self._forget(rec)
-        cmd = [sys.executable, "-m", "seeder", "--watch", str(KEEPER_INTERVAL_S)]
-        self._spawn(KEEPER, cmd, 0, ["seeder", "--watch"], env)
-        say(f"{KEEPER}: started (seeds what is out of date every {KEEPER_INTERVAL_S:g} s)")
-
-    def _replicas_up(self, n_replicas: int, env: dict[str, str]) -> None:
-        """Start the missing replicas; nginx then gets the set, and only after that do the ones
-        beyond n_replicas stop (scale-down without a refused request)."""
-        started: list[Record] = []
-        for n in range(1, n_replicas + 1):
-            rec = self.pids.load(replica_name(n))
-            if rec is not None and rec.is_live() and rec.port == self.layout.replica_port(n):
-                say(f"{rec.name}: already running (pid {rec.pid}) on :{rec.port}")
-                continue
-            if rec is not None and rec.is_live():  # listening elsewhere (an older layout)
-                self.stop([rec])
-            started.append(self._start_replica(n, env))
-        for rec in started:
-            self._wait_replica(rec)
+    def _replica_ready(self, name: str) -> None:
+        url = f"http://{HOST}:{self._port_of(name)}/ready"
+        self._wait_ready(name, lambda: http_ok(url), f"{name} (GET {url})")
+        say(f"{name}: ready")
 
     def up(self) -> int:
         from api.settings import Settings
+        from seeder import seed
 
         layout = self.layout
         layout.run.mkdir(parents=True, exist_ok=True)
         layout.logs.mkdir(parents=True, exist_ok=True)
         n_replicas = replica_count(self.environ)
         monitoring = monitoring_enabled(self.environ)
-        for rec in self.pids.all():  # gone since the last `up`: sweep what it left (ports)
-            if not rec.is_live():
-                self._forget(rec)
-        # A replica that served the public port itself (before nginx) moves to its own port.
-        for rec in self.replicas():
-            n = replica_number(rec.name) or 0
-            if rec.is_live() and n <= n_replicas and rec.port != layout.replica_port(n):
-                say(f"{rec.name}: listens on :{rec.port}, moving it to :{layout.replica_port(n)}")
-                self.stop([rec])
-        self._preflight(n_replicas, monitoring)
-
-        env = dict(self.environ)
-        self._stores(env)
+        env = self.store_env()
         settings = Settings.from_env(env)
-        say(f"seeding {settings.students:,} students and {settings.bookings:,} bookings")
-        from seeder import seed
+        programs = self.programs(env, n_replicas, monitoring)
+        sup = self.supervisor
+        live = {p.name for p in self.processes() if p.live}
+        self._preflight(programs, live)
+        sup.write(programs)
+        if sup.running:
+            added, changed, removed = sup.reload()
+        else:
+            say(f"supervisord: starting (config {self._rel(sup.conf)})")
+            sup.start_daemon(self._daemon_env())
+            added, changed, removed = set(), set(), set()
+        names = {p.name for p in programs}
 
+        if self._own_postgres():
+            pg = self.postgres()
+            self._start("postgres", added, changed)
+            self._wait_ready("postgres", pg.ready, f"Postgres on :{pg.port}")
+            pg.ensure_database()
+        else:
+            say("Postgres: using SURGE_DATABASE_URL (not starting one)")
+        if self._own_redis():
+            rd = self.redis()
+            self._start("redis", added, changed)
+            self._wait_ready("redis", rd.ready, f"Redis on :{rd.port}")
+        else:
+            say("Redis: using SURGE_REDIS_URL (not starting one)")
+
+        say(f"seeding {settings.students:,} students and {settings.bookings:,} bookings")
         report = seed(settings, progress=True)
         say(f"seeded: {report}")
+        if KEEPER in names:  # a Redis of its own: refilled from Postgres whenever it empties
+            self._start(KEEPER, added, changed)
 
-        if not self.environ.get("SURGE_REDIS_URL"):  # a Redis of its own: keep it whole
-            self._keeper_up(env)
-        self._save_replica_env(env)
-        self._replicas_up(n_replicas, env)
-        ports = [layout.replica_port(n) for n in range(1, n_replicas + 1)]
-        self._apply_nginx(self.nginx_values(ports))
-        extra = [r for r in self.replicas() if (replica_number(r.name) or 0) > n_replicas]
-        if extra:
-            self.stop(extra)
-        public = f"http://{HOST}:{layout.http_port}/ready"
-        wait_for(lambda: http_ok(public), timeout=READY_TIMEOUT, what=f"nginx (GET {public})")
-        say("nginx: ready")
+        replicas = [replica_name(n) for n in range(1, n_replicas + 1)]
+        for name in replicas:
+            if name in changed:  # one at a time: the others keep serving
+                self._start(name, added, changed)
+                self._replica_ready(name)
+        started = [n for n in replicas if n not in changed and self._start(n, added, changed)]
+        for name in started:
+            self._replica_ready(name)
 
+        self._nginx_up([layout.replica_port(n) for n in range(1, n_replicas + 1)], added, changed)
+        for name in sorted(removed):  # scaled down, or monitoring turned off: after nginx
+            say(f"{name}: no longer wanted; stopping it")
+            sup.remove(name)
         if monitoring:
-            self._monitoring_up(env, ports)
-        else:
-            say("monitoring: off (SURGE_MONITORING); stopping any Prometheus and exporters")
-            self.stop(r for r in self.pids.all() if _kind(r.name) in ("prometheus", "exporter"))
+            self._monitoring_up(n_replicas, added, changed)
         self._print_urls(settings.database_url, settings.redis_url, n_replicas, monitoring)
         return 0
+
+    def _nginx_up(self, ports: list[int], added: set[str], changed: set[str]) -> None:
+        values = self.nginx_values(ports)
+        server = self.nginx(values)
+        if self.supervisor.state("nginx") == "RUNNING" and "nginx" not in changed:
+            if self.saved_nginx_values() == values and server.conf_path.exists():
+                say(f"nginx: already running on :{self.layout.http_port}")
+            else:
+                say("nginx: reloading (new upstreams or knobs)")
+                server.reload(values)
+        else:
+            server.check()  # renders the config the program reads, and nginx -t
+            self._start("nginx", added, changed)
+        self._nginx_values_file.write_text(json.dumps(values, indent=1) + "\n")
+        public = f"http://{HOST}:{self.layout.http_port}/ready"
+        self._wait_ready("nginx", lambda: http_ok(public), f"nginx (GET {public})")
+        say("nginx: ready")
 
     # -- monitoring ---------------------------------------------------------------------------
 
@@ -783,78 +702,46 @@ class Stack:
             ]
         return [program, f"--web.listen-address={listen}"]  # postgres: DATA_SOURCE_NAME
 
-    def _monitoring_up(self, env: dict[str, str], ports: list[int]) -> None:
+    def _prometheus_command(self) -> list[str]:
+        prom_dir = self.layout.prometheus_dir
+        retention = self.environ.get("SURGE_PROMETHEUS_RETENTION") or "7d"
+        return [
+            find_program("prometheus", "prometheus"),
+            f"--config.file={prom_dir / 'prometheus.yml'}",
+            f"--storage.tsdb.path={prom_dir / 'data'}",
+            f"--storage.tsdb.retention.time={retention}",
+            f"--web.listen-address={HOST}:{self.layout.prometheus_port}",
+            # k6 writes its results here (k6 run -o experimental-prometheus-rw)
+            "--web.enable-remote-write-receiver",
+        ]
+
+    def _monitoring_up(self, n_replicas: int, added: set[str], changed: set[str]) -> None:
         layout = self.layout
         prom_dir = layout.prometheus_dir
         prom_dir.mkdir(parents=True, exist_ok=True)
-        self._write_targets(ports)
+        self._write_targets([layout.replica_port(n) for n in range(1, n_replicas + 1)])
         config = prom_dir / "prometheus.yml"
         source = PROMETHEUS_CONFIG.read_text(encoding="utf-8")
         config_changed = not config.exists() or config.read_text(encoding="utf-8") != source
         if config_changed:
             config.write_text(source, encoding="utf-8")
+        checks = {exp.name: f"http://{HOST}:{getattr(layout, exp.port_field)}/metrics"
+                  for exp in EXPORTERS}  # fmt: skip
+        checks["prometheus"] = f"http://{HOST}:{layout.prometheus_port}/-/ready"
+        started = [name for name in checks if self._start(name, added, changed)]
+        if "prometheus" not in started and config_changed:
+            say("prometheus: config changed; reloading (SIGHUP)")
+            self.supervisor.signal("prometheus", "HUP")
+        for name in started:
+            url = checks[name]
+            ready = functools.partial(http_ok, url, timeout=5)
+            self._wait_ready(name, ready, f"{name} (GET {url})")
+            say(f"{name}: ready")
 
-        started: list[tuple[Record, str]] = []
-        for exp in EXPORTERS:
-            port = getattr(layout, exp.port_field)
-            rec = self.pids.load(exp.name)
-            if rec is not None and rec.is_live() and rec.port == port:
-                say(f"{exp.name}: already running (pid {rec.pid}) on :{port}")
-                continue
-            if rec is not None and rec.is_live():
-                self.stop([rec])
-            self._forget(self.pids.load(exp.name))
-            ensure_port_free(port, exp.name, self._hint(env_name(exp.port_field)))
-            proc_env = dict(self.environ)
-            if exp.name == "postgres-exporter":
-                proc_env["DATA_SOURCE_NAME"] = _with_query(
-                    env["SURGE_DATABASE_URL"], "sslmode=disable"
-                )
-            cmd = self._exporter_command(exp, env)
-            rec = self._spawn(exp.name, cmd, port, [exp.program, f"{HOST}:{port}"], proc_env)
-            say(f"{exp.name}: starting on :{port}")
-            started.append((rec, f"http://{HOST}:{port}/metrics"))
-
-        prom = self.pids.load("prometheus")
-        listen = f"{HOST}:{layout.prometheus_port}"
-        if prom is not None and prom.is_live() and prom.port == layout.prometheus_port:
-            if config_changed:
-                say("prometheus: config changed; reloading (SIGHUP)")
-                os.kill(prom.pid, signal.SIGHUP)
-            else:
-                say(f"prometheus: already running (pid {prom.pid}) on :{prom.port}")
-        else:
-            if prom is not None and prom.is_live():
-                self.stop([prom])
-            self._forget(self.pids.load("prometheus"))
-            ensure_port_free(
-                layout.prometheus_port, "Prometheus", self._hint("SURGE_PROMETHEUS_PORT")
-            )
-            retention = self.environ.get("SURGE_PROMETHEUS_RETENTION") or "7d"
-            cmd = [
-                find_program("prometheus", "prometheus"),
-                f"--config.file={config}",
-                f"--storage.tsdb.path={prom_dir / 'data'}",
-                f"--storage.tsdb.retention.time={retention}",
-                f"--web.listen-address={listen}",
-                # k6 writes its results here (k6 run -o experimental-prometheus-rw)
-                "--web.enable-remote-write-receiver",
-            ]
-            rec = self._spawn(
-                "prometheus",
-                cmd,
-                layout.prometheus_port,
-                ["prometheus", f"--web.listen-address={listen}"],
-            )
-            say(f"prometheus: starting on :{layout.prometheus_port}")
-            started.append((rec, f"http://{listen}/-/ready"))
-        for rec, url in started:
-            self._wait_ready(
-                rec,
-                lambda url=url: http_ok(url, timeout=5),  # type: ignore[misc]
-                f"{rec.name} (GET {url})",
-            )
-            say(f"{rec.name}: ready")
+    def _rel(self, path: Path) -> str:
+        with contextlib.suppress(ValueError):
+            return str(path.relative_to(ROOT))
+        return str(path)
 
     def _print_urls(self, pg_url: str, redis_url: str, n_replicas: int, monitoring: bool) -> None:
         layout = self.layout
@@ -875,30 +762,29 @@ class Stack:
                 print(f"    {exp.name:<18}http://{HOST}:{port}/metrics")
         print(f"    Postgres          {pg_url}")
         print(f"    Redis             {redis_url}")
-        print(f"  logs in {self._rel(layout.logs)}/, stop with `make down`")
+        print("  supervised by supervisord: `make status` shows each process, `make down` stops")
+        print(f"  them all; logs in {self._rel(layout.logs)}/")
+
+    # -- stopping, restarting, status --------------------------------------------------------
 
     def down(self) -> int:
-        records = self.pids.all()
-        if not records:
+        sup = self.supervisor
+        if sup.pid is None:
             say("nothing to stop")
             return 0
-        errors = 0
-        try:
-            self.stop(records)
-        except (ServerError, NginxError) as e:
-            say(f"error: {e}")
-            errors += 1
-        left = self.pids.all()
-        if left:
-            # One that failed must not keep the others running.
-            for rec in left:
-                try:
-                    self.stop([rec])
-                except (ServerError, NginxError) as e:
-                    say(f"{rec.name}: {e}")
-                    errors += 1
-        say("stopped" if not errors else f"{errors} could not be stopped")
-        return 1 if errors else 0
+        if not sup.running:
+            raise ServerError(f"supervisord (pid {sup.pid}) does not answer{log_tail(sup.log)}")
+        levels: dict[int, list[str]] = {}
+        for proc in self.processes():
+            levels.setdefault(PRIORITY.get(_kind(proc.name), 99), []).append(proc.name)
+        for level in sorted(levels, reverse=True):  # one kind at a time, entry first
+            live = [p.name for p in self.processes() if p.name in levels[level] and p.live]
+            for name in live:
+                say(f"{name}: stopping")
+            sup.stop_all(levels[level])
+        sup.shutdown()
+        say("stopped")
+        return 0
 
     def restart(self, names: list[str]) -> int:
         """Restart replicas one at a time (default: all) without a failed request.
@@ -911,24 +797,21 @@ class Stack:
         connections close, which nginx retries too; the requests in flight finish. The new
         process takes the port back and nginx tries it again after fail_timeout (2 s).
         """
-        known = {r.name: r for r in self.replicas()}
+        known = [p.name for p in self.replicas()]
         unknown = [n for n in names if n not in known]
         if unknown:
             raise ServerError(
                 f"no such replica started by `up`: {', '.join(unknown)} "
                 f"(there are: {', '.join(known) or 'none'})"
             )
-        env = self.replica_env()
-        for name in names or list(known):
-            rec = self.pids.load(name)
-            others = [r for r in self.replicas() if r.name != name and r.is_live()]
+        for name in names or known:
+            others = [p for p in self.replicas() if p.name != name and p.live]
             if not others:
                 say(f"{name}: no other replica runs: requests fail while it restarts")
-            if rec is not None and rec.is_live():
-                self.stop([rec])
-            else:
-                self._forget(rec)
-            self._wait_replica(self._start_replica(replica_number(name) or 0, env))
+            say(f"{name}: restarting")
+            self.supervisor.stop(name)
+            self.supervisor.start(name)
+            self._replica_ready(name)
             if others:
                 # nginx counted the refused connects as failures and tries this peer again
                 # only after fail_timeout; until then it is not a fallback for the next one.
@@ -937,37 +820,43 @@ class Stack:
         return 0
 
     def status(self) -> int:
-        records = self.pids.all()
+        """Each process as supervisord sees it, and whether it answers; 1 when one was given
+        up on (it kept failing at start) or is not running."""
+        procs = self.processes()
         layout = self.layout
-        if not records:
+        if not procs:
             say("nothing started by `up` is running")
             return 0
         checks = {
             "nginx": f"http://{HOST}:{layout.nginx_status_port}/stub_status",
             "prometheus": f"http://{HOST}:{layout.prometheus_port}/-/ready",
         }
-        for rec in sorted(records, key=lambda r: (ORDER.get(_kind(r.name), 9), r.name)):
-            live = rec.is_live()
-            state = "running" if live else "gone (stale pid file)"
-            url = checks.get(rec.name)
-            if _kind(rec.name) == "api":
-                url = f"http://{HOST}:{rec.port}/ready"
-            elif _kind(rec.name) == "exporter":
-                url = f"http://{HOST}:{rec.port}/metrics"
-            extra = ""
-            if live and url:
-                extra = ", answers" if http_ok(url) else ", not answering"
-            print(f"  {rec.name:<18} pid {rec.pid:<8} :{rec.port:<6} {state}{extra}")
+        unwell = 0
+        for proc in procs:
+            url = checks.get(proc.name)
+            if _kind(proc.name) == "api":
+                url = f"http://{HOST}:{proc.port}/ready"
+            elif _kind(proc.name) == "exporter":
+                url = f"http://{HOST}:{proc.port}/metrics"
+            if proc.state == "FATAL":
+                tries = REPLICA_START_RETRIES if _kind(proc.name) == "api" else 3
+                detail = f"GAVE UP after {tries} failed starts ({proc.description})"
+            else:
+                detail = proc.description
+                if proc.live and url is not None:
+                    detail += ", answers" if http_ok(url) else ", not answering"
+            unwell += proc.state not in ("STARTING", "RUNNING")
+            port = f":{proc.port}" if proc.port else "-"
+            print(f"  {proc.name:<18} {proc.state:<9} {port:<7} {detail}")
         public = "ready" if http_ok(f"http://{HOST}:{layout.http_port}/ready") else "not answering"
         print(f"  public entry http://{HOST}:{layout.http_port}: {public}")
-        return 0
+        return 1 if unwell else 0
 
 
 __all__ = [
     "EXPORTERS",
     "Layout",
-    "PidFiles",
-    "Record",
+    "Process",
     "Stack",
     "default_replicas",
     "env_name",

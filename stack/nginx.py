@@ -242,7 +242,8 @@ class NginxServer:
         self.conf_path.write_text(text, encoding="utf-8")
         return self.conf_path
 
-    def _argv(self, *extra: str) -> list[str]:
+    def argv(self, *extra: str) -> list[str]:
+        """The master's foreground command line (extra: more flags, e.g. -t)."""
         directives = "daemon off;"
         if os.geteuid() == 0:
             # Without `user`, a root master runs its workers as nobody, who cannot write a run
@@ -265,7 +266,7 @@ class NginxServer:
     def check(self) -> str:
         """Render and run `nginx -t`; returns its report, raises NginxError when it fails."""
         self.write_config()
-        done = subprocess.run(self._argv("-t"), capture_output=True, text=True, timeout=30)
+        done = subprocess.run(self.argv("-t"), capture_output=True, text=True, timeout=30)
         report = (done.stdout + done.stderr).strip()
         if done.returncode != 0:
             raise NginxError(f"nginx -t rejected {self.conf_path}:\n{report}")
@@ -311,7 +312,7 @@ class NginxServer:
         attached_on_main = not detached and threading.current_thread() is threading.main_thread()
         with self.startup_log.open("ab") as log:
             self._proc = subprocess.Popen(
-                self._argv(),
+                self.argv(),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,

@@ -652,6 +652,33 @@ class PostgresServer(_Server):
             if not exists:
                 conn.execute(f'CREATE DATABASE "{PG_DATABASE}"')
 
+    # for a supervisor (stack.launcher): the same cluster, started by someone else ---------
+    def prepare(self) -> list[str]:
+        """initdb on first use and the socket directory; returns the foreground command."""
+        self.bin_dir = self.bin_dir or find_pg_bin()
+        if not (self.data_dir / "PG_VERSION").exists():
+            self._initdb()
+        if self.socket_dir is not None:
+            self.socket_dir.mkdir(parents=True, exist_ok=True)
+            self._give_to_postgres(self.socket_dir)
+        self._check_reachable(self.data_dir)
+        return self._command()
+
+    @property
+    def system_user(self) -> str | None:
+        """Who the server must run as: the postgres user when we are root (it refuses root)."""
+        return PG_SYSTEM_USER if _is_root() else None
+
+    @property
+    def environment(self) -> dict[str, str]:
+        return {"LC_ALL": "C"}
+
+    def ready(self) -> bool:
+        return self._accepts_connections()
+
+    def ensure_database(self) -> None:
+        self._ensure_database()
+
     def start(self) -> PostgresServer:
         """Start (initdb on first use) and return once `surge` accepts connections. Idempotent."""
         if self.running:
@@ -820,12 +847,22 @@ class RedisServer(_Server):
             "appendonly": "no",
             "dbfilename": "dump.rdb",
         }
+        if self.persist:  # a supervisor stops it with SIGTERM: save then, as stop() does
+            conf["shutdown-on-sigterm"] = "save"
         conf |= _redis_config()
         conf |= self.config
         cmd = [find_redis_server()]
         for key, value in conf.items():
             cmd += [f"--{key}", value]
         return cmd
+
+    def command(self) -> list[str]:
+        """The foreground command (for a supervisor); creates its directory."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        return self._command()
+
+    def ready(self) -> bool:
+        return self._answers_ping()
 
     def call(self, *args: str, timeout: float = 2.0) -> bytes:
         """One command; the first line of its reply (b"+PONG", b"-LOADING ..."). Stdlib only."""

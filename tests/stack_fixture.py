@@ -21,8 +21,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from stack.launcher import ROOT, Layout, PidFiles, Record, spare_env
-from stack.servers import HOST, kill_group
+from stack.launcher import ROOT, Layout, Process, Stack, spare_env
+from stack.servers import HOST
 
 STUDENTS = 2_000
 UP_TIMEOUT = 120
@@ -40,20 +40,21 @@ class LocalStack:
     ports: list[int]
     """Every port the stack was given."""
     sessions: set[int]
-    """Session ids of every process `up` started (each runs in its own session)."""
+    """Session ids of every process `up` started (supervisord's, which its programs share)."""
 
     @property
     def url(self) -> str:
         return f"http://{HOST}:{self.layout.http_port}"
 
     @property
-    def pids(self) -> PidFiles:
-        return PidFiles(self.layout.pids)
+    def launcher_api(self) -> Stack:
+        """The launcher as a library, on this stack's layout (what `python -m stack` runs)."""
+        return Stack(self.layout, self.env)
 
-    def record(self, name: str) -> Record:
-        rec = self.pids.load(name)
-        assert rec is not None, f"no pid file for {name}"
-        return rec
+    def record(self, name: str) -> Process:
+        proc = self.launcher_api.process(name)
+        assert proc is not None, f"supervisord runs no {name}"
+        return proc
 
     def launcher(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
@@ -68,7 +69,12 @@ class LocalStack:
         return done
 
     def note_sessions(self) -> None:
-        self.sessions |= {rec.pid for rec in self.pids.all()}
+        pids = [p.pid for p in self.launcher_api.processes() if p.pid]
+        daemon = self.launcher_api.supervisor.pid
+        for pid in [*pids, *([daemon] if daemon else [])]:
+            stat = _stat(pid)
+            if stat is not None:
+                self.sessions.add(stat[1])
 
     def replica_port(self, n: int) -> int:
         return self.layout.replica_port(n)
@@ -102,7 +108,7 @@ def _stat(pid: int) -> tuple[str, int] | None:
 
 def leftovers(stack: LocalStack) -> list[str]:
     """Live processes that belong to the stack: in one of its sessions, or naming its run dir
-    or one of its ports on their command line."""
+    or one of its ports on their command line ("pid N (session S): command line")."""
     run = str(stack.layout.run)
     port_re = re.compile(r"(?<!\d)(" + "|".join(str(p) for p in stack.ports) + r")(?!\d)")
     found = []
@@ -123,8 +129,9 @@ def leftovers(stack: LocalStack) -> list[str]:
 
 
 def _kill_leftovers(stack: LocalStack) -> None:
-    for sid in stack.sessions:  # each is also its process group's id
-        kill_group(sid, signal.SIGKILL)
+    for line in leftovers(stack):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(line.split()[1]), signal.SIGKILL)
 
 
 @contextlib.contextmanager

@@ -16,6 +16,7 @@ import os
 import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -28,15 +29,18 @@ from pathlib import Path
 import httpx
 import pytest
 from k6_runner import EXPORT_IDS, K6, KINDS, assert_all_checks_passed, output, run_k6
+from polling import poll
 from stack_fixture import STUDENTS, LocalStack, leftovers, run_local_stack
 
 from seeder.generate import FIRST_STUDENT_ID
 from stack.launcher import (
     REDIS_MAXMEMORY,
     REDIS_MAXMEMORY_POLICY,
+    REPLICA_START_RETRIES,
     ROOT,
     Layout,
     default_replicas,
+    http_ok,
     replica_count,
 )
 from stack.servers import HOST, ServerError, child_pids
@@ -166,23 +170,24 @@ def test_killing_a_replica_during_a_burst_costs_clients_nothing(stack: LocalStac
     assert all(upstream_port(line) != victim.port for line in retried)
 
 
-def test_the_killed_replica_rejoins_after_up(stack: LocalStack) -> None:
+def test_a_killed_replica_is_started_again_within_5_s_and_rejoins(stack: LocalStack) -> None:
+    """supervisord starts a replica whose whole process group was SIGKILLed again at once;
+    nginx takes it back by itself (after fail_timeout), without a reload; nothing else moves."""
+    ready = f"http://{HOST}:{stack.replica_port(2)}/ready"
+    poll(lambda: http_ok(ready), 10, "api-2 ready (the burst test before killed it)")
     victim = stack.record("api-2")
-    if victim.is_live():
-        os.killpg(victim.pid, signal.SIGKILL)
     nginx = stack.record("nginx")
     workers = child_pids(nginx.pid)
     others = {name: stack.record(name).pid for name in ("prometheus", "api-1", "api-3")}
+    os.killpg(victim.pid, signal.SIGKILL)
 
-    done = stack.launcher("up")  # safe to repeat: starts only what is missing
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "api-2: starting" in done.stdout
-    assert "api-1: already running" in done.stdout
+    def revived() -> bool:
+        proc = stack.record("api-2")
+        return proc.live and proc.pid != victim.pid and http_ok(ready)
+
+    back = poll(revived, 5, "api-2 started again and ready")
+    print(f"\n[stack-e2e] replica SIGKILLed: ready again after {back:.1f} s")
     assert {name: stack.record(name).pid for name in others} == others
-    revived = stack.record("api-2")
-    assert revived.pid != victim.pid and revived.is_live()
-
-    # nginx takes it back by itself (after fail_timeout), without a reload.
     deadline = time.monotonic() + 15
     seen, batch = False, 0
     while not seen and time.monotonic() < deadline:
@@ -190,11 +195,61 @@ def test_the_killed_replica_rejoins_after_up(stack: LocalStack) -> None:
         get_many(stack.url, f"rejoin{batch}", 30, threads=4)
         lines = stack.served_by(f"rejoin{batch}", 30)
         seen = any(
-            upstream_port(line) == revived.port and line["upstream_status"] == "200"
+            upstream_port(line) == victim.port and line["upstream_status"] == "200"
             for line in lines
         )
     assert seen, "nginx never sent a request to the restarted replica"
     assert stack.record("nginx").pid == nginx.pid and child_pids(nginx.pid) == workers
+
+
+def test_a_replica_that_keeps_failing_is_given_up_and_status_says_so(stack: LocalStack) -> None:
+    """Its port taken by a stranger, api-3 fails at every start: supervisord gives up after
+    REPLICA_START_RETRIES tries, `status` names it and exits 1, the others serve on; `up`
+    starts it again once the port is free."""
+    victim = stack.record("api-3")
+    squatter = socket.socket()
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        os.killpg(victim.pid, signal.SIGKILL)
+        poll(lambda: _try_bind(squatter, victim.port), 5, "api-3's port free after the kill")
+        squatter.listen()
+        poll(lambda: stack.record("api-3").state == "FATAL", 30, "supervisord giving up on api-3")
+        status = stack.launcher("status")
+        assert status.returncode == 1, status.stdout + status.stderr
+        (line,) = [ln for ln in status.stdout.splitlines() if "api-3" in ln]
+        assert "FATAL" in line and f"GAVE UP after {REPLICA_START_RETRIES}" in line, line
+        statuses, errors = get_many(stack.url, "given-up", 200, threads=4)
+        assert errors == [] and statuses == Counter({200: 200})
+    finally:
+        squatter.close()
+    done = stack.launcher("up")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "api-3: starting" in done.stdout and "api-1: already running" in done.stdout
+    assert stack.record("api-3").live
+    assert stack.launcher("status").returncode == 0
+
+
+def _try_bind(sock: socket.socket, port: int) -> bool:
+    try:
+        sock.bind((HOST, port))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("name", ["nginx", "prometheus", "redis-exporter", "redis-keeper"])
+def test_every_other_process_is_supervised_too(stack: LocalStack, name: str) -> None:
+    """The entry, monitoring and the keeper come back after a SIGKILL of their group as well
+    (the stores: test_faults_under_load)."""
+    before = stack.record(name)
+    os.killpg(before.pid, signal.SIGKILL)
+    poll(
+        lambda: (p := stack.record(name)).state == "RUNNING" and p.pid != before.pid,
+        10,
+        f"{name} running again",
+    )
+    if name == "nginx":
+        poll(lambda: http_ok(f"{stack.url}/ready"), 10, "nginx answering again")
 
 
 def test_restart_is_graceful_under_load(stack: LocalStack) -> None:
@@ -226,7 +281,7 @@ def test_restart_is_graceful_under_load(stack: LocalStack) -> None:
     assert result["errors"] == [], result["errors"]
     assert during > 100, f"only {during} requests while the replica restarted"
     after = stack.record("api-1")
-    assert after.pid != before.pid and after.is_live()
+    assert after.pid != before.pid and after.live
     served = Counter(upstream_port(line) for line in stack.served_by("restart", progress[0]))
     assert served[before.port] > 0, served
 
@@ -306,7 +361,7 @@ def test_down_leaves_no_process_behind(stack: LocalStack) -> None:
     done = stack.launcher("down")
     assert done.returncode == 0, done.stdout + done.stderr
     assert leftovers(stack) == []
-    assert stack.pids.all() == []
+    assert stack.launcher_api.processes() == [] and stack.launcher_api.supervisor.pid is None
     again = stack.launcher("down")
     assert again.returncode == 0 and "nothing to stop" in again.stdout
 
