@@ -35,6 +35,9 @@ class DatasetCache:
         # Every record of the version is here (the seeder's count of it, all copied, none
         # evicted): an id the copy lacks is not in the live version.
         self.complete = False
+        # The Postgres load (seed, loaded_at) the version was filled from, once known: another
+        # version filled from the same load holds the same bytes.
+        self.source: tuple[int, str] | None = None
 
 
 class LocalCache:
@@ -54,14 +57,27 @@ class LocalCache:
         cache = self.datasets.get(dataset)
         return cache is not None and cache.complete and record_id not in cache.refreshed
 
-    def mark_complete(self, dataset: str, version: int, records: int) -> bool:
+    def mark_complete(
+        self, dataset: str, version: int, records: int, source: tuple[int, str]
+    ) -> bool:
         """After a warm-up: complete when it holds at least the `records` the seeder put in
-        this version. Returns whether it is."""
+        this version, filled from the Postgres load `source`. Returns whether it is."""
         cache = self.datasets.get(dataset)
         if cache is None or cache.version != version:
             return False
+        cache.source = source
         cache.complete = len(cache.records) >= records
         return cache.complete
+
+    def relabel(self, dataset: str, version: int, source: tuple[int, str]) -> bool:
+        """The live version is now `version`, filled from the Postgres load the copy came from
+        (Redis refilled after a flush or a restart): the same records, byte for byte, so the
+        copy stays, as that version. False (nothing changed) when it came from another load."""
+        cache = self.datasets.get(dataset)
+        if cache is None or cache.source is None or cache.source != source:
+            return False
+        cache.version = version
+        return True
 
     def put(self, dataset: str, version: int, record_id: Any, body: bytes) -> None:
         """Keep a record read for `version`; ignored when that is no longer the cached one."""

@@ -254,11 +254,27 @@ class Lookup:
                 # Back to "unseeded" means Redis restarted empty or was flushed: the records
                 # are as they were (only a seed changes them, and it names its new version
                 # here), so the copy stays while Redis refills.
-                if version != UNSEEDED_VERSION and self.local.datasets[dataset.name].version != (
-                    version
-                ):
-                    self._warm(dataset)
+                if version == UNSEEDED_VERSION:
+                    continue
+                if self.local.datasets[dataset.name].version != version:
+                    await self._copy_version(dataset, version)
         return True
+
+    async def _copy_version(self, dataset: Dataset, version: int) -> None:
+        """A new live version: keep the copy when Redis was only refilled from the Postgres
+        load it came from (dropping it would send every lookup to Redis at 4x the cost while
+        it warms again), else warm a copy of the new version."""
+        try:
+            marker = await self.redis.hget(MARKER_KEY, dataset.name)
+        except REDIS_FAULTS:
+            marker = None
+        seeded = orjson.loads(marker) if marker else {}
+        if seeded.get("version") == version and self.local.relabel(
+            dataset.name, version, _source(seeded)
+        ):
+            log.info("local copy of %s kept as v%d (the same Postgres load)", dataset.name, version)
+            return
+        self._warm(dataset)
 
     def _forget_refreshed(self, fields: dict[bytes, bytes]) -> None:
         """Another replica (or this one) refreshed a record: drop this replica's copy."""
@@ -295,7 +311,7 @@ class Lookup:
                 await asyncio.sleep(WARM_RETRY_S)
         seeded = orjson.loads(marker) if marker else {}
         complete = seeded.get("version") == version and self.local.mark_complete(
-            dataset.name, version, int(seeded.get("records", 0))
+            dataset.name, version, int(seeded.get("records", 0)), _source(seeded)
         )
         log.info(
             "local copy of %s v%d: %d records in %.1f s%s",
@@ -457,3 +473,8 @@ class Lookup:
         except POSTGRES_FAULTS:
             status["postgres"] = "down"
         return status
+
+
+def _source(marker: dict[str, Any]) -> tuple[int, str]:
+    """The Postgres load a version was filled from, as its `surge:meta` marker names it."""
+    return int(marker.get("seed", -1)), str(marker.get("loaded_at", ""))

@@ -339,6 +339,27 @@ class _LookupCollector(Collector):
             "Unknown ids this replica currently remembers as unknown.",
             [((), len(lookup.unknown))],
         )
+        local = lookup.local
+        copies = sorted(local.datasets.items())
+        yield _gauge(
+            "surge_local_copy_records",
+            "Records of the live version this replica holds in its own copy, per dataset.",
+            [((name, str(cache.version)), len(cache.records)) for name, cache in copies],
+            ["dataset", "version"],
+        )
+        yield _gauge(
+            "surge_local_copy_complete",
+            "1 when the copy holds the dataset's whole live version (unknown ids are then "
+            "answered 404 from it, without Redis or Postgres), else 0.",
+            [((name,), int(cache.complete)) for name, cache in copies],
+            ["dataset"],
+        )
+        yield _gauge(
+            "surge_local_copy_bytes",
+            "Bytes of the copy (all datasets), and its budget (SURGE_LOCAL_CACHE_MB).",
+            [(("used",), local.used), (("budget",), local.max_bytes)],
+            ["kind"],
+        )
         yield _gauge(
             "surge_event_loop_tasks",
             "Tasks alive in this replica's event loop: requests in progress plus background work.",

@@ -53,10 +53,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import http.client
 import json
 import os
-import random
 import re
 import resource
 import shutil
@@ -77,7 +75,7 @@ import redis  # noqa: E402
 
 from api.contract import LIVE_KEY, STUDENTS, parse_version  # noqa: E402
 from api.settings import Settings  # noqa: E402
-from bench import report_render, tiers  # noqa: E402
+from bench import recovery, report_render, tiers  # noqa: E402
 from bench.api import APPS as DIRECT_APPS  # noqa: E402
 from bench.api import answers  # noqa: E402
 from bench.client_series import ClientSeries  # noqa: E402
@@ -85,7 +83,7 @@ from bench.floor import Floor  # noqa: E402
 from bench.machine import machine  # noqa: E402
 from bench.replicas import Topology as LauncherTopology  # noqa: E402
 from bench.replicas import busy_cores_seconds, cpu_seconds  # noqa: E402
-from bench.resources import Periodic, Resources, scrape  # noqa: E402
+from bench.resources import Periodic, Probe, Resources, scrape, wait_copies  # noqa: E402
 from bench.wrk import random_students, wrk  # noqa: E402
 from seeder.generate import FIRST_STUDENT_ID  # noqa: E402
 from stack.nginx import NginxServer, knobs_from_env, local_values  # noqa: E402
@@ -137,6 +135,10 @@ FULL = {
     "cold_ids": 30_000,
     "replicas": (1, 2, 3),
     "overload_seconds": 20,  # each of: at capacity, at three times, recovery
+    "recovery_seconds": 75,  # redis_empty: the fault 10 s in, 65 s to be whole again
+    "recovery_fault_at": 10,
+    "outage_seconds": 60,  # postgres_gone
+    "flood_seconds": 15,  # unknown_flood, each of known and unknown ids
     "soak_seconds": 660,  # the first minute warms up, the next is the baseline: 10 min measured
     "soak_window": 60,
 }
@@ -151,6 +153,10 @@ QUICK = {
     "cold_ids": 3_000,
     "replicas": (1, 2),
     "overload_seconds": 4,
+    "recovery_seconds": 40,
+    "recovery_fault_at": 5,
+    "outage_seconds": 8,
+    "flood_seconds": 4,
     "soak_seconds": 40,
     "soak_window": 10,
 }
@@ -354,52 +360,6 @@ def student_histogram(samples: Mapping[str, float]) -> dict[float, float]:
     return out
 
 
-class Probe(Periodic):
-    """A newcomer during a load: every `interval` s one GET of a random student on a new
-    connection, timed on its own, so the latency of refusals and of admitted requests can be told
-    apart (wrk reports one distribution for both). Its requests are few (20 a second) and are
-    not part of the load's figures."""
-
-    def __init__(self, url: str, last_id: int, interval: float = 0.05) -> None:
-        self.host, port = url.removeprefix("http://").split(":")
-        self.port = int(port)
-        self.last_id = last_id
-        self.interval = interval
-        self.answers: list[tuple[float, int, float]] = []  # (started, status or 0, seconds)
-        self.rng = random.Random(7)
-
-    def tick(self) -> None:
-        started = time.monotonic()
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=10)
-        try:
-            conn.request("GET", f"/students/{self.rng.randint(FIRST_STUDENT_ID, self.last_id)}")
-            resp = conn.getresponse()
-            resp.read()
-            status = resp.status
-        except OSError:
-            status = 0
-        finally:
-            conn.close()
-        self.answers.append((started, status, time.monotonic() - started))
-
-    def summary(self, since: float, until: float) -> dict[str, dict[str, float]]:
-        """Per status ('200', '503', '0' = no answer): count, p50/p99/max latency in ms."""
-        by_status: dict[str, list[float]] = {}
-        for started, status, seconds in self.answers:
-            if since <= started <= until:
-                by_status.setdefault(str(status), []).append(seconds * 1000)
-        out = {}
-        for status, values in sorted(by_status.items()):
-            values.sort()
-            out[status] = {
-                "count": len(values),
-                "p50_ms": values[len(values) // 2],
-                "p99_ms": values[min(len(values) - 1, int(0.99 * len(values)))],
-                "max_ms": values[-1],
-            }
-        return out
-
-
 class Timeline(Periodic):
     """Once a second: k6's VUs (REST API) and the replicas' req/s and p95 (their histograms)."""
 
@@ -456,6 +416,8 @@ class Topology(LauncherTopology):
             say(f"stack: {n} replica(s) behind nginx at {self.url}")
             self.launcher("up", SURGE_REPLICAS=str(n))
             self.replicas = n
+            took = wait_copies(list(self.groups()[1].values()))
+            say(f"stack: the replicas' copies whole after {took:.1f} s")
 
     def groups(self) -> tuple[dict[str, list[int]], dict[str, int]]:
         """Pids per process (nginx, api-1..N) and each replica's port."""
@@ -828,7 +790,12 @@ class Bench:
     # -- reliability: asserted, not only reported ---------------------------------------------
 
     def statuses_wrk(
-        self, seconds: int, connections: int, *args: object, threads: int = 1
+        self,
+        seconds: int,
+        connections: int,
+        *args: object,
+        threads: int = 1,
+        ids: tuple[int, int] | None = None,
     ) -> dict[str, Any]:
         """A measured wrk run of bench/statuses.lua (every answer sorted by status) through nginx;
         5 s before a request counts as timed out: nginx's own read timeout. Its `errors` are the
@@ -842,8 +809,7 @@ class Bench:
                 seconds,
                 connections,
                 "statuses.lua",
-                FIRST_STUDENT_ID,
-                self.last_id,
+                *(ids or (FIRST_STUDENT_ID, self.last_id)),
                 *args,
                 threads=threads,
                 timeout="5s",
@@ -918,6 +884,15 @@ class Bench:
             "probe": probed,
             "admission_cap": cap,
         }
+
+    def redis_empty(self) -> dict[str, Any]:
+        return recovery.redis_empty(self)
+
+    def postgres_gone(self) -> dict[str, Any]:
+        return recovery.postgres_gone(self)
+
+    def unknown_flood(self) -> dict[str, Any]:
+        return recovery.unknown_flood(self)
 
     def soak(self) -> dict[str, Any]:
         capacity = self.capacity()["rps"]

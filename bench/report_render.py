@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 STEPS = (
-    "fixed", "ramp", "spike", "results_day", "cold", "replicas", "metrics", "overload", "soak",
+    "fixed", "ramp", "spike", "results_day", "cold", "replicas", "metrics", "overload",
+    "redis_empty", "postgres_gone", "unknown_flood", "soak",
 )  # fmt: skip
 TITLES = {
     "fixed": "Fixed concurrency: surge vs the bare handler, through nginx",
@@ -28,9 +29,12 @@ TITLES = {
     "replicas": "1 vs 2 vs 3 replicas behind nginx",
     "metrics": "Metrics on vs off (one replica, no nginx)",
     "overload": "Three times capacity: refused fast, bounded, recovered",
+    "redis_empty": "Redis emptied at half capacity: refilled, nothing failed",
+    "postgres_gone": "Postgres gone for a minute at half capacity",
+    "unknown_flood": "A flood of distinct unknown ids at full capacity",
     "soak": "Soak at half capacity: does anything grow?",
 }
-ASSERTED = ("overload", "soak")
+ASSERTED = ("overload", "redis_empty", "postgres_gone", "unknown_flood", "soak")
 """Steps whose targets are assertions: a miss makes `make bench` exit non-zero. The
 others are performance figures of a shared machine: reported met or missed, never failing."""
 OVERLOAD_REFUSAL_P99_MS = 250.0
@@ -105,6 +109,8 @@ def fmt(value: float, unit: str = "") -> str:
         return f"{value:,.0f} req/s"
     if unit == "x":
         return f"{value:.2f}x"
+    if unit == "s":
+        return "never" if value == float("inf") else f"{value:,.1f} s"
     return f"{value:,.0f}{(' ' + unit) if unit else ''}"
 
 
@@ -167,6 +173,7 @@ def targets(results: Mapping[str, Any]) -> list[Target]:
         cost = 1 - metrics["metrics on"]["rps"] / metrics["metrics off"]["rps"]
         out.append(Target("metrics", "req/s cost of metrics", cost, METRICS_MAX_COST, False, "%"))
     out += overload_targets(steps.get("overload", {}))
+    out += recovery_targets(steps)
     out += soak_targets(steps.get("soak", {}))
     return out
 
@@ -231,6 +238,76 @@ def overload_targets(step: Mapping[str, Any]) -> list[Target]:
         Target("overload", "recovery: answers other than 200", float(after["non_2xx"])
                + after["socket_errors"], 0, False, "answers"),
     ]  # fmt: skip
+    return out
+
+
+REDIS_BACK_S = 30.0
+"""Lookups served without Postgres (the copy or Redis) again, ≥ 90% of them, within this..."""
+REDIS_WHOLE_S = 60.0
+"""... and Redis whole again (a live version the seeder marked complete) within this."""
+LOWEST_RATE_SHARE = 0.90
+"""No second after the fault serves fewer lookups than this share of the load before it."""
+UNAVAILABLE_MS = 1000.0
+FULL_SERVICE_S = 5.0
+
+
+def recovery_targets(steps: Mapping[str, Any]) -> list[Target]:
+    """bench/recovery.py's steps."""
+    out = []
+    for label, f in steps.get("redis_empty", {}).get("figures", {}).items():
+        whole = f["whole_again_s"]
+        lowest = f["lowest_rate_vs_load"]
+        out += [
+            Target("redis_empty", f"{label}: failed requests", f["failed"], 0, False, "failed"),
+            Target("redis_empty", f"{label}: ≥ 90% served without Postgres again after",
+                   f["served_without_postgres_90_s"], REDIS_BACK_S, False, "s"),
+            Target("redis_empty", f"{label}: Redis whole again after",
+                   float("inf") if whole is None else whole, REDIS_WHOLE_S, False, "s"),
+        ]  # fmt: skip
+        if label == "copy on":  # without copies every lookup is a Postgres read until the refill
+            out.append(
+                Target("redis_empty", f"{label}: lowest second's lookups / the load before",
+                       0.0 if lowest is None else lowest, LOWEST_RATE_SHARE, True, "%")
+            )  # fmt: skip
+    gone = steps.get("postgres_gone", {}).get("figures", {}).get("postgres gone")
+    if gone:
+        out += [
+            Target("postgres_gone", "cached lookups failed", gone["cached_failed"], 0, False,
+                   "failed"),
+            Target("postgres_gone", "misses asked during the outage", gone["misses_during"],
+                   10, True, "lookups"),
+            Target("postgres_gone", "misses not answered 503 + Retry-After + problem+json",
+                   gone["misses_not_a_proper_503"], 0, False, "lookups"),
+            Target("postgres_gone", "slowest 503", gone["slowest_503_ms"], UNAVAILABLE_MS, False,
+                   "ms"),
+            Target("postgres_gone", "full service after its return", gone["full_service_s"],
+                   FULL_SERVICE_S, False, "s"),
+        ]  # fmt: skip
+        for key, before in gone.items():
+            if not key.endswith(" before (median)"):
+                continue
+            name = key.removesuffix(" before (median)")
+            after = gone[f"{name} after (median)"]
+            if name.endswith("rss_mb"):
+                growth_ = (after - before) / before if before else 0.0
+                out.append(Target("postgres_gone", f"{name.split()[0]} memory after vs before",
+                                  growth_, OVERLOAD_MEMORY_GROWTH, False, "%"))  # fmt: skip
+            else:
+                out.append(Target("postgres_gone", f"{name} after - before (medians)",
+                                  after - before, count_allowance(before), False))  # fmt: skip
+    flood = steps.get("unknown_flood", {})
+    f = flood.get("figures", {}).get("flood")
+    if f:
+        unknown = flood["runs"]["unknown ids"]
+        known_p99 = f["probe_p99_known_ms"]
+        out += [
+            Target("unknown_flood", "lookups that asked Postgres during the flood",
+                   f["postgres_asked_unknown"], 0, False, "lookups"),
+            Target("unknown_flood", "flood answers other than 404", improper(unknown), 0, False,
+                   "answers"),
+            Target("unknown_flood", "a newcomer's known-id p99 during the flood",
+                   f["probe_p99_flood_ms"], max(1.5 * known_p99, known_p99 + 2.0), False, "ms"),
+        ]  # fmt: skip
     return out
 
 

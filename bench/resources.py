@@ -18,7 +18,9 @@ one key across the samples.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
+import random
 import re
 import statistics
 import threading
@@ -32,6 +34,7 @@ import psycopg
 import redis
 
 from api.settings import Settings
+from seeder.generate import FIRST_STUDENT_ID
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -68,6 +71,27 @@ def scrape(port: int) -> dict[str, float]:
             with contextlib.suppress(ValueError):
                 out[key] = float(value)
     return out
+
+
+def wait_copies(ports: list[int], timeout: float = 180.0) -> float:
+    """Seconds until every replica on `ports` holds the whole live version of every dataset in
+    its own copy (surge_local_copy_complete), so that a measurement does not start mid-warm-up;
+    at once when the copies are off (budget 0)."""
+    started = time.monotonic()
+    while True:
+        pending = []
+        for port in ports:
+            gauges = scrape(port)
+            if gauges.get('surge_local_copy_bytes{kind="budget"}', 0.0) <= 0:
+                continue
+            flags = [v for k, v in gauges.items() if k.startswith("surge_local_copy_complete{")]
+            if not flags or min(flags) < 1:
+                pending.append(port)
+        if not pending:
+            return time.monotonic() - started
+        if time.monotonic() - started > timeout:
+            raise RuntimeError(f"replicas on {pending}: copies not whole after {timeout:.0f} s")
+        time.sleep(0.5)
 
 
 LEAK_GAUGES = {
@@ -202,3 +226,49 @@ class Resources(Periodic):
 
     def minima(self, since: float, until: float) -> dict[str, float]:
         return {key: min(values) for key, values in self.window(since, until).items()}
+
+
+class Probe(Periodic):
+    """A newcomer during a load: every `interval` s one GET of a random student on a new
+    connection, timed on its own, so the latency of refusals and of admitted requests can be told
+    apart (wrk reports one distribution for both). Its requests are few (20 a second) and are
+    not part of the load's figures."""
+
+    def __init__(self, url: str, last_id: int, interval: float = 0.05) -> None:
+        self.host, port = url.removeprefix("http://").split(":")
+        self.port = int(port)
+        self.last_id = last_id
+        self.interval = interval
+        self.answers: list[tuple[float, int, float]] = []  # (started, status or 0, seconds)
+        self.rng = random.Random(7)
+
+    def tick(self) -> None:
+        started = time.monotonic()
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=10)
+        try:
+            conn.request("GET", f"/students/{self.rng.randint(FIRST_STUDENT_ID, self.last_id)}")
+            resp = conn.getresponse()
+            resp.read()
+            status = resp.status
+        except OSError:
+            status = 0
+        finally:
+            conn.close()
+        self.answers.append((started, status, time.monotonic() - started))
+
+    def summary(self, since: float, until: float) -> dict[str, dict[str, float]]:
+        """Per status ('200', '503', '0' = no answer): count, p50/p99/max latency in ms."""
+        by_status: dict[str, list[float]] = {}
+        for started, status, seconds in self.answers:
+            if since <= started <= until:
+                by_status.setdefault(str(status), []).append(seconds * 1000)
+        out = {}
+        for status, values in sorted(by_status.items()):
+            values.sort()
+            out[status] = {
+                "count": len(values),
+                "p50_ms": values[len(values) // 2],
+                "p99_ms": values[min(len(values) - 1, int(0.99 * len(values)))],
+                "max_ms": values[-1],
+            }
+        return out

@@ -7,12 +7,14 @@
 --   pace=MS   each connection waits a random, exponentially distributed time of MS ms on
 --             average before each request, as independent users would: C connections then
 --             send about C * 1000 / (MS + latency) requests a second.
+--   expect=N  an answer with status N is expected too (404 for the unknown-id flood).
 --   mix=FILE  the soak's mix, as k6/lib/requests.js's MIX_WEIGHTS: 75% students, 15% bookings
 --             (ids from FILE, the JSON array k6/export_ids.py writes), 4% unknown student ids,
 --             2% unknown booking ids, 2% malformed of each; 400 and 404 are then expected.
 -- A refusal (429 or 503) counts as proper only with a Retry-After header and a problem+json
 -- body; any other answer than 200 (and 400/404 in the mix) counts as `other`.
 local low, high, pace, bookings = 10000, 674823, nil, nil
+local expected = {}
 local threads = {}
 
 function setup(thread)
@@ -34,6 +36,7 @@ function init(args)
   for i = 3, #args do
     local key, value = args[i]:match("^(%w+)=(.*)$")
     if key == "pace" then pace = tonumber(value) end
+    if key == "expect" then expected[tonumber(value)] = true end
     if key == "mix" then
       bookings = {}
       local file = io.open(value)
@@ -70,7 +73,7 @@ function response(status, headers, body)
   statuses[status] = (statuses[status] or 0) + 1
   if status == 200 then
     counts.ok = counts.ok + 1
-  elseif bookings and (status == 400 or status == 404) then
+  elseif expected[status] or (bookings and (status == 400 or status == 404)) then
     counts.expected_4xx = counts.expected_4xx + 1
   elseif status == 429 or status == 503 then
     local retry = headers["Retry-After"] or headers["retry-after"]

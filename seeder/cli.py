@@ -144,7 +144,9 @@ def watch(settings: Settings, every: float, console: Console, errors: Console) -
             try:
                 # The full check (SCANs every key) only when the cheap one says something is gone.
                 if not redis_fill.looks_whole(client, DATASETS):
-                    report = run(settings, reset=False, reporter=Reporter())
+                    report = run(
+                        settings, reset=False, reporter=Reporter(), pace=settings.refill_rate
+                    )
                     console.print(f"surge-seed --watch: {report}", highlight=False)
             except (psycopg.OperationalError, redis.RedisError) as exc:
                 if not down:  # once per outage

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import psycopg
 
-from api.contract import BOOKINGS, STUDENTS, Dataset
+from api.contract import BOOKINGS, DATASETS, STUDENTS, Dataset
 from api.settings import Settings
 from seeder import generate, postgres, redis_fill
 from seeder.progress import Cancelled, Phase, Reporter, reporter_for
@@ -71,7 +71,8 @@ def seed(settings: Settings, *, reset: bool = False, progress: bool = False) -> 
         reporter.close()
 
 
-def run(settings: Settings, *, reset: bool, reporter: Reporter) -> SeedReport:
+def run(settings: Settings, *, reset: bool, reporter: Reporter, pace: float = 0.0) -> SeedReport:
+    """`pace`: records a second for both Redis fills together (0: unpaced)."""
     started = time.perf_counter()
     pools = _Pools(settings.seed)
     with postgres.connect(settings.database_url) as conn:
@@ -82,7 +83,9 @@ def run(settings: Settings, *, reset: bool, reporter: Reporter) -> SeedReport:
         # (generating, rendering) with the other's waits on Postgres (index builds, queries).
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="seed") as threads:
             futures = [
-                threads.submit(_seed_one, settings, reset, reporter, pools, *job)
+                threads.submit(
+                    _seed_one, settings, reset, reporter, pools, pace / len(DATASETS), *job
+                )
                 for job in (
                     (STUDENTS, settings.students, postgres.load_students),
                     (BOOKINGS, settings.bookings, postgres.load_bookings),
@@ -127,6 +130,7 @@ def _seed_one(
     reset: bool,
     reporter: Reporter,
     pools: _Pools,
+    pace: float,
     dataset: Dataset,
     count: int,
     load: Loader,
@@ -148,7 +152,7 @@ def _seed_one(
             # Beside the live version, which keeps serving until the switch.
             version = redis_fill.next_version(client, dataset)
             with reporter.phase(f"redis {dataset.name}", pg.rows) as advance:
-                marker = redis_fill.fill(conn, client, dataset, pg, advance, version)
+                marker = redis_fill.fill(conn, client, dataset, pg, advance, version, pace)
             marker = redis_fill.switch(client, marker, dataset)
             if redis_fill.stale_keys(client, dataset):
                 # Replicas pick the new version up within their refresh interval; until then

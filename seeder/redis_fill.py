@@ -18,6 +18,7 @@ different load) fills a new version.
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
@@ -207,14 +208,17 @@ def fill(
     pg: Loaded,
     advance: Advance,
     version: int,
+    pace: float = 0.0,
 ) -> Filled:
     """Stream every record of `dataset` from Postgres into `version` of its hashes (a version
-    nobody reads yet); switch() makes it live."""
+    nobody reads yet); switch() makes it live. `pace`: at most that many records a second
+    (0: as fast as it goes), for a refill while the replicas serve."""
     _unlink(client, _keys(client, dataset, version))  # never used, unless a counter was lost
     render, slot, record_id = dataset.render, dataset.slot, dataset.record_id
     prefix = key_pattern(dataset, version)[:-1]
     pipe = client.pipeline(transaction=False)
     records = pending = 0
+    started = time.monotonic()
     key: str | None = None
     fields: list[str | bytes] = []  # the hash being built: field, value, field, value, ...
 
@@ -236,6 +240,8 @@ def fill(
                 pipe.execute()
                 advance(pending)
                 pending = 0
+                if pace > 0:
+                    time.sleep(max(0.0, started + records / pace - time.monotonic()))
         fields.append(field)
         fields.append(render(row))
         records += 1

@@ -420,7 +420,9 @@ class Stack:
                     stop_wait_s=60,  # SIGTERM saves the dataset first (a second or two)
                 )
             )
-            keeper = [sys.executable, "-m", "seeder", "--watch", str(KEEPER_INTERVAL_S)]
+            # SCHED_IDLE: a refill under load runs on the CPU the replicas leave idle.
+            keeper = ["chrt", "--idle", "0", sys.executable, "-m", "seeder", "--watch",
+                      str(KEEPER_INTERVAL_S)]  # fmt: skip
             progs.append(
                 Program(KEEPER, keeper, PRIORITY[KEEPER], environment=surge, directory=ROOT)
             )

@@ -116,6 +116,33 @@ SAMPLE: dict[str, Any] = {
                 },
             },
         },
+        "redis_empty": {
+            "runs": {"copy on": statuses(3500, 3500), "copy off": statuses(3100, 3100)},
+            "figures": {
+                "copy on": {"failed": 0.0, "served_without_postgres_90_s": 0.0,
+                            "whole_again_s": 24.0, "lowest_rate_vs_load": 0.95},
+                "copy off": {"failed": 0.0, "served_without_postgres_90_s": 26.0,
+                             "whole_again_s": None, "lowest_rate_vs_load": 0.2},
+            },
+            "notes": ["| t | lookups/s |\n|---|---|\n| 1 | 3,500 |"],
+        },
+        "postgres_gone": {
+            "runs": {"cached lookups": statuses(3500, 3500)},
+            "figures": {"postgres gone": {
+                "cached_failed": 0.0, "misses_during": 590.0, "misses_not_a_proper_503": 0.0,
+                "slowest_503_ms": 520.0, "full_service_s": 0.8,
+                "api-1 rss_mb before (median)": 100.0, "api-1 rss_mb during (max)": 104.0,
+                "api-1 rss_mb after (median)": 101.0, "api-1 tasks before (median)": 40.0,
+                "api-1 tasks during (max)": 90.0, "api-1 tasks after (median)": 52.0,
+            }},
+        },
+        "unknown_flood": {
+            "runs": {"known ids": statuses(7000, 7000), "unknown ids": statuses(0, 7200)},
+            "figures": {"flood": {
+                "postgres_asked_known": 0.0, "postgres_asked_unknown": 0.0,
+                "answers_vs_known": 1.03, "probe_p99_known_ms": 8.0, "probe_p99_flood_ms": 11.0,
+            }},
+        },
         "soak": {
             "runs": {"soak": statuses(3000, 3400, capacity_rps=7000)},
             "resources": {
@@ -210,9 +237,28 @@ def test_soak_targets() -> None:
     assert found[("soak", "redis clients at the end - baseline (minimum)")].met
 
 
+def test_recovery_targets() -> None:
+    found = by_name(SAMPLE)
+    assert found[("redis_empty", "copy on: lowest second's lookups / the load before")].met
+    # without copies every lookup reads Postgres until the refill: no rate target there
+    assert ("redis_empty", "copy off: lowest second's lookups / the load before") not in found
+    never = found[("redis_empty", "copy off: Redis whole again after")]
+    assert never.measured == float("inf") and not never.met and "never" in never.describe()
+    assert found[("postgres_gone", "slowest 503")].met
+    assert found[("postgres_gone", "full service after its return")].met
+    assert found[("postgres_gone", "api-1 memory after vs before")].measured == pytest.approx(0.01)
+    tasks = found[("postgres_gone", "api-1 tasks after - before (medians)")]
+    assert tasks.measured == 12 and tasks.goal == 4 and not tasks.met  # during may rise; after not
+    assert found[("unknown_flood", "lookups that asked Postgres during the flood")].met
+    probe = found[("unknown_flood", "a newcomer's known-id p99 during the flood")]
+    assert probe.goal == 12.0 and probe.met  # 1.5 x 8 ms
+
+
 def test_only_assertion_steps_can_fail_the_bench() -> None:
     missed = {(t.step, t.name) for t in rr.missed_assertions(SAMPLE)}
     assert missed == {
+        ("redis_empty", "copy off: Redis whole again after"),
+        ("postgres_gone", "api-1 tasks after - before (medians)"),
         ("overload", "memory at 3x vs at capacity (worst: nginx)"),
         ("soak", "replica memory growth, median (worst: api-2)"),
         ("soak", "api-1 tasks at the end - baseline (minimum)"),

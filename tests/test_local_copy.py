@@ -5,6 +5,7 @@ every replica, bounded in bytes, and HTTP caching (ETag, 304, Cache-Control)."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -55,10 +56,22 @@ def copy_off(settings, seeded) -> Iterator[TestClient]:
         yield client
 
 
-def test_the_whole_live_version_is_copied_at_start(copy_on, settings):
+def test_the_whole_live_version_is_copied_at_start(copy_on, copy_off, settings):
     local = copy_on.app.state.lookup.local
     assert local.records(STUDENTS.name) == settings.students
     assert local.records(BOOKINGS.name) == settings.bookings
+    for dataset in DATASETS:
+        poll(lambda d=dataset: local.datasets[d.name].complete, 10, "complete copy")
+    text = copy_on.get("/metrics").text  # what an operator (and make bench) waits on
+    for dataset, count in ((STUDENTS, settings.students), (BOOKINGS, settings.bookings)):
+        version = local.datasets[dataset.name].version
+        assert f'surge_local_copy_complete{{dataset="{dataset.name}"}} 1.0' in text
+        assert (
+            f'surge_local_copy_records{{dataset="{dataset.name}",version="{version}"}} {count}.0'
+        ) in text
+    budget = re.search(r'^surge_local_copy_bytes\{kind="budget"\} (\S+)$', text, re.M)
+    assert budget is not None and float(budget.group(1)) == 64 * 2**20
+    assert 'surge_local_copy_complete{dataset="students"} 0.0' in copy_off.get("/metrics").text
 
 
 @pytest.mark.parametrize("dataset", DATASETS, ids=lambda d: d.name)
@@ -180,6 +193,28 @@ def test_a_flushed_redis_leaves_the_copy_serving(copy_on, rds, restore):
     assert local.records(STUDENTS.name) == held
     hits = lookups(copy_on, "local_hit")
     assert copy_on.get("/students/10011").content == before
+    assert lookups(copy_on, "local_hit") == hits + 1
+
+
+def test_a_refill_from_the_same_postgres_load_keeps_the_copy(copy_on, rds, settings, restore):
+    """Redis flushed, then refilled by the seeder (as the redis-keeper does) from the same
+    Postgres load: a new version, the same bytes. The replica keeps its copy as that version
+    instead of dropping it and sending every lookup to Redis while it warms again."""
+    from seeder import seed
+
+    local = copy_on.app.state.lookup.local
+    cache = local.datasets[STUDENTS.name]
+    poll(lambda: cache.complete, 10, "complete copy")
+    held, old_version = local.records(STUDENTS.name), cache.version
+    rds.flushall()
+    seed(settings)
+    new_version = int(rds.hget(LIVE_KEY, STUDENTS.name))
+    assert new_version != old_version
+    poll(lambda: local.datasets[STUDENTS.name].version == new_version, 3, "the new version")
+    assert local.datasets[STUDENTS.name] is cache  # the same copy, not a fresh warm-up
+    assert local.records(STUDENTS.name) == held and cache.complete
+    hits = lookups(copy_on, "local_hit")
+    assert copy_on.get("/students/10011").status_code == 200
     assert lookups(copy_on, "local_hit") == hits + 1
 
 
