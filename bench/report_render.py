@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 STEPS = (
-    "fixed", "ramp", "spike", "results_day", "cold", "replicas", "metrics", "overload", "soak",
+    "fixed", "ramp", "spike", "results_day", "cold", "replicas", "metrics", "capacity_figures",
+    "overload", "soak",
 )  # fmt: skip
 TITLES = {
     "fixed": "Fixed concurrency: surge vs the bare handler, through nginx",
@@ -27,6 +28,7 @@ TITLES = {
     "cold": "Cold cache: Redis emptied, served via Postgres, then warm",
     "replicas": "1 vs 2 vs 3 replicas behind nginx",
     "metrics": "Metrics on vs off (one replica, no nginx)",
+    "capacity_figures": "Capacity figures: each lookup path alone, bytes per record",
     "overload": "Three times capacity: refused fast, bounded, recovered",
     "soak": "Soak at half capacity: does anything grow?",
 }
