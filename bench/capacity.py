@@ -43,12 +43,13 @@ Formulas. Every load is multiplied by (1 + H) before it meets a capacity: R' = R
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import math
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -75,7 +76,6 @@ DEFAULT_BOOKINGS_IN_BENCH = 500_000
 
 STEP = "capacity_figures"
 """bench/capacity_figures.py's step of `make bench`: the figures no other step isolates."""
-NEEDED_STEPS = ("ramp", "cold")
 
 
 class PlanError(ValueError):
@@ -302,85 +302,95 @@ def _resources(results: Mapping[str, Any]) -> tuple[str, Mapping[str, float]]:
     raise PlanError("results.json has no soak or overload resources (memory, pools)")
 
 
-def derived(results: Mapping[str, Any], path: str = "") -> Figures:
-    """Every figure from the steps `make bench` has always run (docs/capacity.md says how)."""
-    meta = results.get("meta", {})
-    ramp = _run(results, "ramp", "k6")
-    bare = _run(results, "ramp", "bare handler")
-    cold = _run(results, "cold", "cold pass")
-    fallbacks = float(cold["store"]["lookups"].get("fallback_hit", 0))
-    replicas = [k for k in cold["cpu"] if _kind(k) == "api"]
-    where, res = _resources(results)
-    pools = [v for k, v in res.items() if k.startswith("api-") and k.endswith(" postgres_pool")]
-    if not pools:
-        raise PlanError(f"results.json's {where} resources have no postgres_pool")
-    pool = max(pools)
-    waited = float(cold["store"].get("pool_waiting_max", 0))
-    connections = len(replicas) * pool
-    students, bookings, counted = _records(results)
-    records = students + bookings
-    redis_mb = float(res["redis used_mb"])
-    rss_mb = max(v for k, v in res.items() if k.startswith("api-") and k.endswith(" rss_mb"))
-    redis_bytes = Figure(
-        redis_mb * MIB / records,
-        "B/record",
-        f"{where}: Redis used_memory {redis_mb:,.0f} MiB / {records:,} records "
-        f"({students:,} students + {bookings:,} bookings, {counted}); both datasets alike",
-    )
-    copy_bytes = Figure(
-        rss_mb * MIB / records,
-        "B/record",
-        f"{where}: the largest replica's resident memory {rss_mb:,.0f} MiB / {records:,} "
-        "records; the process's own memory counted in (an upper bound)",
-    )
-    return Figures(
-        date=str(meta.get("date", "?")),
-        machine=machine(meta),
-        path=path,
-        hit_per_core=_per_core(ramp, ["api"], ramp["requests"], "ramp, surge: lookups"),
-        redis_path_per_core=_per_core(
-            bare, ["bare"], bare["requests"], "ramp, bare handler (Litestar + one HGET): lookups"
-        ),
-        fallback_per_core=_per_core(
-            cold, ["api"], fallbacks, "cold pass: fallbacks (the replicas' whole CPU)"
-        ),
-        nginx_per_core=_per_core(ramp, ["nginx"], ramp["requests"], "ramp, surge: requests"),
-        redis_ops_per_core=_per_core(
-            bare, ["redis"], bare["requests"], "ramp, bare handler: HGETs (one per request)"
-        ),
-        postgres_per_core=_per_core(cold, ["postgres"], fallbacks, "cold pass: fallbacks"),
-        fallbacks_per_connection=Figure(
-            fallbacks / float(cold["seconds"]) / connections,
+def derivations(results: Mapping[str, Any]) -> dict[str, Callable[[], Figure]]:
+    """How each figure is derived from the steps `make bench` has always run (docs/capacity.md
+    says why each is fair); each raises PlanError when its step is not in `results`."""
+
+    def ramp(label: str = "k6") -> Mapping[str, Any]:
+        return _run(results, "ramp", label)
+
+    def cold() -> Mapping[str, Any]:
+        return _run(results, "cold", "cold pass")
+
+    def fallbacks() -> float:
+        return float(cold()["store"]["lookups"].get("fallback_hit", 0))
+
+    def pool() -> tuple[str, float]:
+        where, res = _resources(results)
+        pools = [v for k, v in res.items() if k.startswith("api-") and k.endswith("postgres_pool")]
+        if not pools:
+            raise PlanError(f"results.json's {where} resources have no postgres_pool")
+        return where, max(pools)
+
+    def per_connection() -> Figure:
+        run, (_, size) = cold(), pool()
+        replicas = len([k for k in run["cpu"] if _kind(k) == "api"])
+        waited = float(run["store"].get("pool_waiting_max", 0))
+        return Figure(
+            fallbacks() / float(run["seconds"]) / (replicas * size),
             "/s per connection",
-            f"cold pass: {fallbacks:,.0f} fallbacks in {cold['seconds']:.1f} s over "
-            f"{len(replicas)} x {pool:.0f} pool connections, up to {waited:.0f} requests "
-            "waiting for one (every connection busy), the machine's cores saturated",
+            f"cold pass: {fallbacks():,.0f} fallbacks in {run['seconds']:.1f} s over {replicas} "
+            f"x {size:.0f} pool connections, up to {waited:.0f} requests waiting for one "
+            "(every connection busy), the machine's cores saturated",
+        )
+
+    def pool_max() -> Figure:
+        where, size = pool()
+        return Figure(size, "connections", f"{where}: each replica's postgres_pool")
+
+    def per_record(series: str) -> Figure:
+        where, res = _resources(results)
+        students, bookings, counted = _records(results)
+        records = students + bookings
+        if series == "redis":
+            mib = float(res["redis used_mb"])
+            what = f"Redis used_memory {mib:,.0f} MiB"
+            note = f"({students:,} students + {bookings:,} bookings, {counted}), both alike"
+        else:
+            mib = max(v for k, v in res.items() if k.startswith("api-") and k.endswith("rss_mb"))
+            what = f"the largest replica's resident memory {mib:,.0f} MiB"
+            note = "(the process's own memory counted in: an upper bound)"
+        return Figure(
+            mib * MIB / records, "B/record", f"{where}: {what} / {records:,} records {note}"
+        )
+
+    return {
+        "hit_per_core": lambda: _per_core(ramp(), ["api"], ramp()["requests"], "ramp, surge"),
+        "redis_path_per_core": lambda: _per_core(
+            ramp("bare handler"), ["bare"], ramp("bare handler")["requests"],
+            "ramp, bare handler (Litestar + one HGET, as surge's path without its copy)",
         ),
-        pool_max=Figure(pool, "connections", f"{where}: each replica's postgres_pool"),
-        redis_bytes_students=redis_bytes,
-        redis_bytes_bookings=redis_bytes,
-        copy_bytes_students=copy_bytes,
-        copy_bytes_bookings=copy_bytes,
-        replica_base_bytes=Figure(0.0, "B", "counted in the copy's bytes per record"),
-    )
+        "fallback_per_core": lambda: _per_core(
+            cold(), ["api"], fallbacks(), "cold pass: fallbacks over the replicas' whole CPU"
+        ),
+        "nginx_per_core": lambda: _per_core(ramp(), ["nginx"], ramp()["requests"], "ramp, surge"),
+        "redis_ops_per_core": lambda: _per_core(
+            ramp("bare handler"), ["redis"], ramp("bare handler")["requests"],
+            "ramp, bare handler: HGETs (one a request)",
+        ),
+        "postgres_per_core": lambda: _per_core(cold(), ["postgres"], fallbacks(), "cold pass"),
+        "fallbacks_per_connection": per_connection,
+        "pool_max": pool_max,
+        "redis_bytes_students": lambda: per_record("redis"),
+        "redis_bytes_bookings": lambda: per_record("redis"),
+        "copy_bytes_students": lambda: per_record("copy"),
+        "copy_bytes_bookings": lambda: per_record("copy"),
+        "replica_base_bytes": lambda: Figure(0.0, "B", "counted in the copy's bytes per record"),
+    }  # fmt: skip
 
 
 def figures(results: Mapping[str, Any], path: str = "") -> Figures:
-    """derived(), with each figure bench/capacity_figures.py measured in its place."""
-    base = derived(results, path)
-    step = results.get("steps", {}).get(STEP, {})
-    measured = step.get("figures", {})
-    if not measured:
-        return base
-    names = {name for name, _ in base.measured()}
-    updates: dict[str, Figure] = {}
-    for name, raw in measured.items():
-        if name in names:
-            updates[name] = Figure(
-                float(raw["value"]), str(raw["unit"]), f"{STEP}: {raw['source']}"
-            )
-    values = {f.name: getattr(base, f.name) for f in fields(base)}
-    return Figures(**{**values, **updates})
+    """Each figure bench/capacity_figures.py measured, else derived from the other steps."""
+    measured = results.get("steps", {}).get(STEP, {}).get("figures", {})
+    values: dict[str, Figure] = {}
+    for name, derive in derivations(results).items():
+        raw = measured.get(name)
+        if raw:
+            values[name] = Figure(float(raw["value"]), str(raw["unit"]), f"{STEP}: {raw['source']}")
+        else:
+            values[name] = derive()
+    meta = results.get("meta", {})
+    return Figures(str(meta.get("date", "?")), machine(meta), path, **values)
 
 
 def machine(meta: Mapping[str, Any]) -> str:
@@ -392,19 +402,20 @@ def machine(meta: Mapping[str, Any]) -> str:
 
 
 def newest_results(root: Path = BENCHMARKS) -> Path:
-    """The newest docs/benchmarks/<date>/results.json of a full run (not --quick) that holds
-    the steps the figures come from; an `--only` run of the same day may have replaced one."""
+    """The newest docs/benchmarks/<date>/results.json of a full run (not --quick) that every
+    figure can be read from: an `--only` run of the same day may have replaced a full one."""
     dated = []
     for path in root.glob("*/results.json"):
-        with_date = re.fullmatch(r"\d{4}-\d{2}-\d{2}", path.parent.name)
-        if with_date:
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", path.parent.name):
             dated.append((datetime.date.fromisoformat(path.parent.name), path))
     for _, path in sorted(dated, reverse=True):
         results = json.loads(path.read_text())
-        steps = results.get("steps", {})
-        if not results.get("meta", {}).get("quick") and all(s in steps for s in NEEDED_STEPS):
+        if results.get("meta", {}).get("quick"):
+            continue
+        with contextlib.suppress(PlanError, KeyError, TypeError, ValueError):
+            figures(results)
             return path
-    raise PlanError(f"no full `make bench` results.json with {', '.join(NEEDED_STEPS)} in {root}")
+    raise PlanError(f"no results.json of a full `make bench` in {root} holds every figure")
 
 
 def load(path: Path | None = None) -> Figures:
