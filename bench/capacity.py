@@ -4,8 +4,9 @@
         [--fallback-share 1%] [--cores-per-node 8] [--redis-node-gb 3] [--results PATH]
 
 Pure arithmetic on figures measured per core, per record and per connection, read from the newest
-full docs/benchmarks/<date>/results.json (or --results). docs/capacity.md explains each figure,
-where it comes from, and works three examples.
+full docs/benchmarks/<date>/results.json (or --results): those of its capacity_figures step
+(bench/capacity_figures.py) where it ran, else derived from the other steps. docs/capacity.md
+explains each figure, where it comes from, and works three examples.
 
 Inputs
   N_d   records of dataset d (STUDENTS, BOOKINGS)        R  peak lookups a second (PEAK_RPS)
@@ -37,7 +38,8 @@ Formulas. Every load is multiplied by (1 + H) before it meets a capacity: R' = R
   Redis masters     s = max(ceil(D / G), ceil(O / o)); s = 1: one node; s > 1: a Redis Cluster
                     of max(3, s) masters with one replica each
   Postgres          F = R' f fallbacks/s; connections the rate needs k = ceil(F / c); pool per
-                    replica P' = max(P, ceil(k / n)); connections opened n P'; cores F / q
+                    replica P' = max(P, ceil(k / n)); connections opened n P'; cores F / q;
+                    flagged when n P' and a few others pass Postgres's default max_connections
 """
 
 from __future__ import annotations
@@ -180,6 +182,11 @@ class Plan:
         return render(self)
 
 
+def _ceil(x: float) -> int:
+    """ceil() that does not round a quotient's last-bit error up to one more unit."""
+    return math.ceil(x - 1e-9)
+
+
 def plan(demand: Demand, figures: Figures) -> Plan:
     """The docstring's formulas, in its order."""
     demand.check()
@@ -191,37 +198,37 @@ def plan(demand: Demand, figures: Figures) -> Plan:
     load = d.peak_rps * grow
     f = d.fallback_share
     replica_cores = load * ((1 - f) / fig.hit_per_core.value + f / fig.fallback_per_core.value)
-    replicas = max(MIN_REPLICAS, math.ceil(replica_cores - 1e-9))
+    replicas = max(MIN_REPLICAS, _ceil(replica_cores))
     cold = load * ((1 - f) / fig.redis_path_per_core.value + f / fig.fallback_per_core.value)
     nginx_cores = load / fig.nginx_per_core.value
-    nginx_workers = max(1, math.ceil(nginx_cores - 1e-9))
+    nginx_workers = max(1, _ceil(nginx_cores))
     copy = d.students * fig.copy_bytes_students.value + d.bookings * fig.copy_bytes_bookings.value
     redis_data = (
         d.students * fig.redis_bytes_students.value + d.bookings * fig.redis_bytes_bookings.value
     )
     redis_bytes = REDIS_VERSIONS * redis_data * grow
     redis_ops = load * (1 + f)
-    for_memory = math.ceil(redis_bytes / (d.redis_node_gb * GIB))
-    for_ops = math.ceil(redis_ops / fig.redis_ops_per_core.value)
+    for_memory = _ceil(redis_bytes / (d.redis_node_gb * GIB))
+    for_ops = _ceil(redis_ops / fig.redis_ops_per_core.value)
     needed = max(1, for_memory, for_ops)
     cluster = needed > 1
     masters = max(CLUSTER_MIN_MASTERS, needed) if cluster else 1
     fallback_rps = load * f
-    pg_needed = math.ceil(fallback_rps / fig.fallbacks_per_connection.value)
-    pool = max(int(fig.pool_max.value), math.ceil(pg_needed / replicas))
+    pg_needed = _ceil(fallback_rps / fig.fallbacks_per_connection.value)
+    pool = max(int(fig.pool_max.value), _ceil(pg_needed / replicas))
     return Plan(
         demand=d,
         figures=fig,
         load_rps=load,
         replica_cores=replica_cores,
         replicas=replicas,
-        replica_nodes=math.ceil(replicas / d.cores_per_node),
+        replica_nodes=_ceil(replicas / d.cores_per_node),
         cold_copy_cores=cold,
         nginx_cores=nginx_cores,
         nginx_workers=nginx_workers,
-        nginx_nodes=math.ceil(nginx_workers / d.cores_per_node),
+        nginx_nodes=_ceil(nginx_workers / d.cores_per_node),
         copy_bytes=copy,
-        local_cache_mb=math.ceil(copy * grow / MIB),
+        local_cache_mb=_ceil(copy * grow / MIB),
         replica_memory_bytes=(fig.replica_base_bytes.value + copy) * grow,
         redis_bytes=redis_bytes,
         redis_ops=redis_ops,
@@ -463,14 +470,15 @@ def render(p: Plan) -> str:
         f"figures: {fig.path or 'results.json'}, make bench of {fig.date}",
         f"         on {fig.machine}",
         "",
-        f"API replicas     {_plural(p.replicas, 'replica')} of 1 core, on "
-        f"{_plural(p.replica_nodes, 'node')} of {d.cores_per_node} cores",
+        f"API replicas     {_plural(p.replicas, 'replica')} of 1 core (SURGE_REPLICAS="
+        f"{p.replicas}), on {_plural(p.replica_nodes, 'node')} of {d.cores_per_node} cores",
         f"{pad}{p.replica_cores:,.1f} cores = {_n(p.load_rps)}/s x ({1 - f:.1%} / "
         f"{_n(fig.hit_per_core.value)} + {f:.1%} / {_n(fig.fallback_per_core.value)} per core)",
         f"  copies cold    {p.cold_copy_cores:,.1f} cores while every copy is empty (from Redis: "
         f"{_n(fig.redis_path_per_core.value)}/s per core)",
         f"nginx            {_plural(p.nginx_workers, 'worker')}, on "
-        f"{_plural(p.nginx_nodes, 'node')}",
+        f"{_plural(p.nginx_nodes, 'node')} (SURGE_NGINX_WORKERS="
+        f"{min(p.nginx_workers, d.cores_per_node)})",
         f"{pad}{p.nginx_cores:,.1f} cores = {_n(p.load_rps)}/s / "
         f"{_n(fig.nginx_per_core.value)} per core",
         f"replica memory   {_size(p.replica_memory_bytes)} each, "
