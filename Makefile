@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 # down/status/clean must work even before (or without) `make deps`: stack's stop path is stdlib.
 PY_ANY = $(if $(wildcard $(PY)),$(PY),python3)
 
-.PHONY: help deps up restart down status seed test lint bench clean
+.PHONY: help deps up restart down status seed test lint bench capacity clean
 
 help: ## List the targets
 	@echo "usage: make <target>   (env: SURGE_STUDENTS, SURGE_BOOKINGS, SURGE_REPLICAS)"
@@ -37,13 +37,27 @@ seed: deps ## (Re)seed the running stores; SEED_ARGS passes options to the seede
 test: deps ## Run the test suite against real Postgres and Redis (started by the tests)
 	@$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-lint: deps ## ruff check, ruff format --check, mypy --strict on the product (api, seeder)
+lint: deps ## ruff check, ruff format --check, mypy --strict on api, seeder, bench/capacity.py
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/ruff format --check .
-	@$(VENV)/bin/mypy api seeder
+	@$(VENV)/bin/mypy api seeder bench/capacity.py
 
 bench: deps ## Benchmark report vs the running stack: docs/benchmarks/report-<date>.md (BENCH_ARGS)
 	@$(PY) bench/report.py $(BENCH_ARGS)
+
+# `make capacity STUDENTS=896520 PEAK_RPS=7500`; optional: BOOKINGS (0), HEADROOM (50%),
+# FALLBACK_SHARE (1%), CORES_PER_NODE (8), REDIS_NODE_GB (3), RESULTS (default: the newest full
+# docs/benchmarks/<date>/results.json). Pure arithmetic (bench/capacity.py): no stack, no .venv.
+capacity: ## Plan replicas, nginx, Redis, Postgres for STUDENTS/BOOKINGS at PEAK_RPS
+	@$(if $(STUDENTS)$(BOOKINGS),,$(error capacity: give STUDENTS=... and/or BOOKINGS=...))
+	@$(if $(PEAK_RPS),,$(error capacity: give PEAK_RPS=... (peak lookups a second)))
+	@$(PY_ANY) -m bench.capacity --students '$(or $(STUDENTS),0)' --peak-rps '$(PEAK_RPS)' \
+		$(if $(BOOKINGS),--bookings '$(BOOKINGS)') \
+		$(if $(HEADROOM),--headroom '$(HEADROOM)') \
+		$(if $(FALLBACK_SHARE),--fallback-share '$(FALLBACK_SHARE)') \
+		$(if $(CORES_PER_NODE),--cores-per-node '$(CORES_PER_NODE)') \
+		$(if $(REDIS_NODE_GB),--redis-node-gb '$(REDIS_NODE_GB)') \
+		$(if $(RESULTS),--results '$(RESULTS)') $(CAPACITY_ARGS)
 
 clean: ## Stop the stack, delete .run/ (data, logs) and caches; keeps .venv
 	@$(PY_ANY) -m stack down

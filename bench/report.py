@@ -21,6 +21,10 @@ Steps (`--only NAME[,NAME]`), each bounded in time, configurations compared in t
   replicas  the fixed-concurrency wrk run through nginx with 1, 2 and 3 replicas
   metrics   one replica with SURGE_METRICS on and off, straight to Granian (bench/api.py's
             apps and wrk); target: metrics cost <= 5% of req/s
+  capacity_figures
+            the inputs of `make capacity` no other step isolates (bench/capacity_figures.py):
+            CPU per lookup from the copy, from Redis and from Postgres, Postgres fallbacks per
+            connection, Redis and copy bytes per record of each dataset
   overload  wrk with bench/statuses.lua through nginx: at capacity (as many connections as nginx
             admits at once, SURGE_NGINX_MAX_INFLIGHT), at three times as many, then at capacity
             again. Asserted: >= 3x the capacity offered; every answer a 200 or a 503/429 with
@@ -75,7 +79,7 @@ import redis  # noqa: E402
 
 from api.contract import LIVE_KEY, STUDENTS, parse_version  # noqa: E402
 from api.settings import Settings  # noqa: E402
-from bench import recovery, report_render, tiers  # noqa: E402
+from bench import capacity_figures, recovery, report_render, tiers  # noqa: E402
 from bench.api import APPS as DIRECT_APPS  # noqa: E402
 from bench.api import answers  # noqa: E402
 from bench.client_series import ClientSeries  # noqa: E402
@@ -786,6 +790,11 @@ class Bench:
             "route.",
             "runs": {k: median_run(v) for k, v in rounds.items()},
         }
+
+    # -- capacity_figures: bench/capacity_figures.py, the inputs of `make capacity` -----------
+
+    def capacity_figures(self) -> dict[str, Any]:
+        return capacity_figures.step(self)
 
     # -- reliability: asserted, not only reported ---------------------------------------------
 

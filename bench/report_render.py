@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 STEPS = (
-    "fixed", "ramp", "spike", "results_day", "cold", "replicas", "metrics", "overload",
-    "redis_empty", "postgres_gone", "unknown_flood", "soak",
+    "fixed", "ramp", "spike", "results_day", "cold", "replicas", "metrics", "capacity_figures",
+    "overload", "redis_empty", "postgres_gone", "unknown_flood", "soak",
 )  # fmt: skip
 TITLES = {
     "fixed": "Fixed concurrency: surge vs the bare handler, through nginx",
@@ -28,6 +28,7 @@ TITLES = {
     "cold": "Cold cache: Redis emptied, served via Postgres, then warm",
     "replicas": "1 vs 2 vs 3 replicas behind nginx",
     "metrics": "Metrics on vs off (one replica, no nginx)",
+    "capacity_figures": "Capacity figures: each lookup path alone, bytes per record",
     "overload": "Three times capacity: refused fast, bounded, recovered",
     "redis_empty": "Redis emptied at half capacity: refilled, nothing failed",
     "postgres_gone": "Postgres gone for a minute at half capacity",

@@ -98,6 +98,12 @@ SAMPLE: dict[str, Any] = {
                               "2 replicas": run(5600, 30, 60, 90)}},
         "metrics": {"runs": {"metrics on": run(3900, 15, 40, 60),
                              "metrics off": run(4000, 15, 40, 60)}},
+        "capacity_figures": {
+            "how": "three replicas of its own",
+            "runs": {"copy": run(1600, 0.3, 1, 2, wall_s=10, cpu={"api-1": 0.26, "wrk": 0.07})},
+            "notes": ["| figure | value | how |\n|---|---|---|\n| hit_per_core | 6,153.8 /s per "
+                      "core | copy, paced |"],
+        },
         "overload": {
             "runs": {
                 "capacity": statuses(7000, 7000),
