@@ -13,8 +13,9 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Coroutine
 from time import perf_counter
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import orjson
 import psycopg
@@ -43,10 +44,13 @@ from api.metrics import Metrics
 from api.settings import Settings
 
 log = logging.getLogger("surge.lookup")
+T = TypeVar("T")
 
 # What a failing Redis raises through redis-py: its own errors, socket errors, timeouts.
 REDIS_FAULTS = (RedisError, OSError, TimeoutError)
 POSTGRES_FAULTS = (psycopg.Error, PoolTimeout, TooManyRequests, OSError)
+# A standby call also fails when it outlasts its deadline (Lookup._within).
+STANDBY_FAULTS = (*POSTGRES_FAULTS, TimeoutError)
 # A timeout can be this replica's own doing: starved of CPU, its event loop runs late and reads
 # a reply that was already in the socket after the deadline. Counting those would open the
 # circuit and send every request to Postgres at once, whose bounded pool then answers 503: an
@@ -208,6 +212,7 @@ class Lookup:
         # at start: the first probe, right away, decides.
         self.reads_on_standby = False
         self._standby_watcher: asyncio.Task[None] | None = None
+        self._standby_calls: set[asyncio.Task[Any]] = set()  # see _within
 
     def _pool(self, url: str, name: str, *, checked: bool) -> AsyncConnectionPool:
         # Postgres serves misses only: a few connections, a short bounded queue, and a quick
@@ -447,8 +452,10 @@ class Lookup:
         """A miss's read: the standby while it serves, else (or when it fails now) the primary."""
         if self.standby is not None and self.reads_on_standby:
             try:
-                return await _select(self.standby, dataset, record_id, self.metrics.standby_select)
-            except POSTGRES_FAULTS as exc:
+                return await self._within(
+                    _select(self.standby, dataset, record_id, self.metrics.standby_select)
+                )
+            except STANDBY_FAULTS as exc:
                 # This request goes on to the primary, the next ones straight there.
                 self.reads_on_standby = False
                 self.metrics.standby_errors.inc()
@@ -478,11 +485,30 @@ class Lookup:
 
     async def _standby_replayed(self, position: str) -> bool:
         """Whether the standby has replayed the primary's WAL up to `position`; raises
-        POSTGRES_FAULTS when it does not answer."""
+        STANDBY_FAULTS when it does not answer in time."""
         assert self.standby is not None
-        async with self.standby.connection() as conn:
-            row = await (await conn.execute(STANDBY_REPLAYED, (position,))).fetchone()
-        return bool(row and row[1])
+        standby = self.standby
+
+        async def ask() -> bool:
+            async with standby.connection() as conn:
+                row = await (await conn.execute(STANDBY_REPLAYED, (position,))).fetchone()
+            return bool(row and row[1])
+
+        return await self._within(ask())
+
+    async def _within(self, work: Coroutine[Any, Any, T]) -> T:
+        """What a call to the standby returns, or TimeoutError after SURGE_PG_WAIT_TIMEOUT (its
+        wait for a connection included), the call then left to end on its own.
+
+        Not cancelled: psycopg meets a cancelled query by asking the server to cancel it and
+        waiting up to 10 s, which a hung standby (stopped, or its host gone silent) never
+        answers; a miss then took 18 s instead of its 8 s deadline (measured). Left alone, the
+        call ends when the standby answers or its connection breaks, and gives its connection
+        back to the pool."""
+        call = asyncio.ensure_future(work)
+        self._standby_calls.add(call)  # a strong reference, so it is not collected mid-way
+        call.add_done_callback(_forget_call(self._standby_calls))
+        return await asyncio.wait_for(asyncio.shield(call), self.settings.pg_wait_timeout)
 
     async def _watch_standby(self) -> None:
         """Send misses back to the standby once it answers and holds all the primary had written
@@ -492,13 +518,13 @@ class Lookup:
             if not self.reads_on_standby:
                 try:
                     # Drops the connections a restart broke (else one failed probe each).
-                    await self.standby.check()
+                    await self._within(self.standby.check())
                     # A primary that cannot say writes nothing newer: answering is enough.
                     position = await self._primary_position() or _WAL_START
                     if await self._standby_replayed(position):
                         self.reads_on_standby = True
                         log.info("misses read the standby")
-                except POSTGRES_FAULTS as exc:
+                except STANDBY_FAULTS as exc:
                     log.debug("standby not back yet: %r", exc)
             await asyncio.sleep(STANDBY_PROBE_S)
 
@@ -516,7 +542,7 @@ class Lookup:
             try:
                 if await self._standby_replayed(position):
                     return
-            except POSTGRES_FAULTS:
+            except STANDBY_FAULTS:
                 self.reads_on_standby = False
                 return
             if time.monotonic() > deadline:
@@ -572,3 +598,12 @@ async def _select(
         row = await cursor.fetchone()
     timer.observe(perf_counter() - started)
     return None if row is None else dataset.render(row)
+
+
+def _forget_call(calls: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None]:
+    def forget(call: asyncio.Task[Any]) -> None:
+        calls.discard(call)
+        if not call.cancelled():
+            call.exception()  # seen: an abandoned call's failure is not logged as unretrieved
+
+    return forget
