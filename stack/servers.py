@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Protocol, Self
+from typing import Any, Protocol
 
 HOST = "127.0.0.1"
 PG_USER = "surge"
@@ -576,8 +576,9 @@ class PostgresServer(_Server):
         return env
 
     # lifecycle --------------------------------------------------------------------------
-    def _create(self) -> None:
-        """Create the cluster in a side directory, then rename: never a half-made data_dir."""
+    def _initdb(self) -> None:
+        """Create the cluster in a side directory, then rename: never a half-made data_dir
+        (initdb; a standby's is a base backup of its primary)."""
         assert self.bin_dir is not None
         parent = self.data_dir.parent
         parent.mkdir(parents=True, exist_ok=True)
@@ -660,7 +661,7 @@ class PostgresServer(_Server):
             if not exists:
                 conn.execute(f'CREATE DATABASE "{PG_DATABASE}"')
 
-    def start(self) -> Self:
+    def start(self) -> PostgresServer:
         """Start (initdb on first use) and return once `surge` accepts connections. Idempotent."""
         if self.running:
             wait_for(self._accepts_connections, timeout=self.start_timeout, what=self.name)
@@ -668,7 +669,7 @@ class PostgresServer(_Server):
             return self
         self.bin_dir = self.bin_dir or find_pg_bin()
         if not (self.data_dir / "PG_VERSION").exists():
-            self._create()
+            self._initdb()
         ensure_port_free(self.port, f"Postgres on port {self.port}", self.port_hint)
         if self.socket_dir is not None:
             self.socket_dir.mkdir(parents=True, exist_ok=True)
@@ -797,14 +798,14 @@ class StandbyServer(PostgresServer):
         )
         self.primary = primary
 
-    def _create(self) -> None:
+    def _initdb(self) -> None:
         if not self.primary.running:
             raise ServerError(
                 f"the standby on port {self.port} is copied from the primary on port "
                 f"{self.primary.port}: start the primary first"
             )
         self.primary.allow_replication()
-        super()._create()
+        super()._initdb()
 
     def _create_command(self, staging: Path) -> list[str]:
         assert self.bin_dir is not None
