@@ -824,6 +824,13 @@ class StandbyServer(PostgresServer):
             cmd.append("--no-sync")
         return cmd
 
+    def command(self) -> list[str]:
+        """The foreground command, for a supervisor that runs the standby itself. Known before
+        the data directory exists, which only a running primary can fill (the base backup,
+        made on first use by _initdb(), as start() does)."""
+        self.bin_dir = self.bin_dir or find_pg_bin()
+        return self._command()
+
     def _ensure_database(self) -> None:
         pass  # read-only: `surge` comes from the primary
 
