@@ -526,6 +526,8 @@ class Lookup:
                         log.info("misses read the standby")
                 except STANDBY_FAULTS as exc:
                     log.debug("standby not back yet: %r", exc)
+                except Exception:  # an answer of the wrong shape, say: keep probing
+                    log.exception("standby probe failed")
             await asyncio.sleep(STANDBY_PROBE_S)
 
     async def _standby_has_replayed_primary(self) -> None:
