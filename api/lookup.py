@@ -1,8 +1,9 @@
-"""Read path: the replica's own copy first, then Redis; on a miss or a Redis fault, Postgres,
-written back to Redis.
+"""Read path: the replica's own copy first, then Redis; on a miss or a Redis fault, Postgres
+(its standby when there is one), written back to Redis.
 
 Both stores are bounded in time: a request never waits on Redis longer than
-SURGE_REDIS_TIMEOUT, nor on a Postgres connection longer than SURGE_PG_WAIT_TIMEOUT.
+SURGE_REDIS_TIMEOUT, nor on a Postgres connection longer than SURGE_PG_WAIT_TIMEOUT (twice at
+most with a standby: the standby's pool, then the primary's).
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Coroutine
 from time import perf_counter
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import orjson
 import psycopg
@@ -28,8 +30,10 @@ from api.contract import (
     DATASETS,
     LIVE_KEY,
     MARKER_KEY,
+    PRIMARY_WAL_POSITION,
     REFRESHED_KEEP,
     REFRESHED_KEY,
+    STANDBY_REPLAYED,
     UNSEEDED_VERSION,
     Dataset,
     parse_version,
@@ -40,10 +44,13 @@ from api.metrics import Metrics
 from api.settings import Settings
 
 log = logging.getLogger("surge.lookup")
+T = TypeVar("T")
 
 # What a failing Redis raises through redis-py: its own errors, socket errors, timeouts.
 REDIS_FAULTS = (RedisError, OSError, TimeoutError)
 POSTGRES_FAULTS = (psycopg.Error, PoolTimeout, TooManyRequests, OSError)
+# A standby call also fails when it outlasts its deadline (Lookup._within).
+STANDBY_FAULTS = (*POSTGRES_FAULTS, TimeoutError)
 # A timeout can be this replica's own doing: starved of CPU, its event loop runs late and reads
 # a reply that was already in the socket after the deadline. Counting those would open the
 # circuit and send every request to Postgres at once, whose bounded pool then answers 503: an
@@ -56,6 +63,13 @@ WARM_RETRY_S = 1.0
 WARM_TIMEOUT_S = 10.0
 # Idle Postgres connections are checked every this many live-version reads (2 s by default).
 POOL_CHECK_ROUNDS = 4
+# Seconds between probes of a standby the fallback reads have left (it failed, or it lags the
+# primary), and between questions to a standby an admin refresh waits for.
+STANDBY_PROBE_S = 0.5
+STANDBY_POLL_S = 0.05
+# The WAL's first position, which every standby has replayed: what it is compared with when
+# the primary cannot say where it is.
+_WAL_START = "0/0"
 
 
 class CircuitBreaker:
@@ -182,28 +196,51 @@ class Lookup:
             socket_connect_timeout=settings.redis_timeout,
             retry=Retry(NoBackoff(), 0),
         )
+        # The primary: misses when there is no standby (or it fails), admin routes, refreshes.
+        self.postgres = self._pool(settings.database_url, "surge", checked=True)
+        # Misses go to the standby while it answers and keeps up. Its connections are not
+        # checked when taken: a dead standby then fails the query itself at once (~1 ms on
+        # loopback, measured) and the request reads the primary, where a check made psycopg_pool
+        # retry with a 1 s backoff and the lookup wait out SURGE_PG_WAIT_TIMEOUT (0.5 s) first.
+        self.standby = (
+            self._pool(settings.standby_url, "surge-standby", checked=False)
+            if settings.standby_url
+            else None
+        )
+        # Whether misses read the standby now: off after any failure there (the next requests go
+        # straight to the primary), on again once a probe finds it answering and caught up. Off
+        # at start: the first probe, right away, decides.
+        self.reads_on_standby = False
+        self._standby_watcher: asyncio.Task[None] | None = None
+        self._standby_calls: set[asyncio.Task[Any]] = set()  # see _within
+
+    def _pool(self, url: str, name: str, *, checked: bool) -> AsyncConnectionPool:
         # Postgres serves misses only: a few connections, a short bounded queue, and a quick
         # reconnect cycle (psycopg_pool's defaults: 30 s waits, unbounded queue, 5 min backoff).
-        self.postgres = AsyncConnectionPool(
-            settings.database_url,
+        settings = self.settings
+        return AsyncConnectionPool(
+            url,
             min_size=settings.pg_pool_min,
             max_size=settings.pg_pool_max,
             timeout=settings.pg_wait_timeout,
             max_waiting=settings.pg_max_waiting,
             reconnect_timeout=2.0,
-            check=AsyncConnectionPool.check_connection,
+            check=AsyncConnectionPool.check_connection if checked else None,
             kwargs={
                 "autocommit": True,
                 "connect_timeout": settings.pg_connect_timeout,
                 "options": f"-c statement_timeout={settings.pg_statement_timeout_ms}",
             },
             open=False,
-            name="surge",
+            name=name,
         )
 
     async def open(self) -> None:
         # wait=False: a replica starts even while Postgres is down, and serves from Redis.
         await self.postgres.open(wait=False)
+        if self.standby is not None:
+            await self.standby.open(wait=False)
+            self._standby_watcher = asyncio.create_task(self._watch_standby(), name="surge-standby")
         with contextlib.suppress(*REDIS_FAULTS):  # refreshes before now are in what we read
             newest = await self.redis.xrevrange(REFRESHED_KEY, count=1)
             self._refreshed_seen = (newest[0][0] if newest else None) or b"0-0"
@@ -215,12 +252,14 @@ class Lookup:
 
     async def close(self) -> None:
         try:
-            for task in [self._watcher, *self._warmers.values()]:
+            for task in [self._watcher, self._standby_watcher, *self._warmers.values()]:
                 if task is not None:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError, *REDIS_FAULTS):
                         await task
             await self.postgres.close()
+            if self.standby is not None:
+                await self.standby.close()
         finally:
             await self.redis.aclose()
             await self.warm_redis.aclose()
@@ -374,7 +413,7 @@ class Lookup:
             outcome.negative_cache_hit.inc()
             return None
         try:
-            body = await self.from_postgres(dataset, record_id)
+            body = await self.fallback_read(dataset, record_id)
         except ServiceUnavailable:
             outcome.unavailable.inc()
             raise
@@ -398,6 +437,8 @@ class Lookup:
         await self.refresh_live()  # an admin call can afford the round trip: the newest version
         version = self.live[dataset.name]
         body = await self.from_postgres(dataset, record_id)
+        if self.standby is not None:
+            await self._standby_has_replayed_primary()
         key, field = dataset.slot(record_id, version)
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -423,12 +464,24 @@ class Lookup:
         self.local.discard(dataset.name, record_id)
         return version, body is not None
 
+    async def fallback_read(self, dataset: Dataset, record_id: Any) -> bytes | None:
+        """A miss's read: the standby while it serves, else (or when it fails now) the primary."""
+        if self.standby is not None and self.reads_on_standby:
+            try:
+                return await self._within(
+                    _select(self.standby, dataset, record_id, self.metrics.standby_select)
+                )
+            except STANDBY_FAULTS as exc:
+                # This request goes on to the primary, the next ones straight there.
+                self.reads_on_standby = False
+                self.metrics.standby_errors.inc()
+                log.warning("standby read failed, reading the primary until it is back: %r", exc)
+        return await self.from_postgres(dataset, record_id)
+
     async def from_postgres(self, dataset: Dataset, record_id: Any) -> bytes | None:
-        started = perf_counter()
+        """The record as the primary has it."""
         try:
-            async with self.postgres.connection() as conn:
-                cursor = await conn.execute(dataset.select_one, (record_id,))
-                row = await cursor.fetchone()
+            return await _select(self.postgres, dataset, record_id, self.metrics.postgres_select)
         except POSTGRES_FAULTS as exc:
             self.metrics.postgres_errors.inc()
             log.warning("postgres read failed: %r", exc)
@@ -436,8 +489,86 @@ class Lookup:
                 detail="The record store is unavailable; retry shortly.",
                 headers={"Retry-After": str(self.settings.retry_after)},
             ) from None
-        self.metrics.postgres_select.observe(perf_counter() - started)
-        return None if row is None else dataset.render(row)
+
+    async def _primary_position(self) -> str | None:
+        """Where the primary's WAL is written up to now; None when it cannot say."""
+        try:
+            async with self.postgres.connection() as conn:
+                row = await (await conn.execute(PRIMARY_WAL_POSITION)).fetchone()
+        except POSTGRES_FAULTS:
+            return None
+        return None if row is None else str(row[0])
+
+    async def _standby_replayed(self, position: str) -> bool:
+        """Whether the standby has replayed the primary's WAL up to `position`; raises
+        STANDBY_FAULTS when it does not answer in time."""
+        assert self.standby is not None
+        standby = self.standby
+
+        async def ask() -> bool:
+            async with standby.connection() as conn:
+                row = await (await conn.execute(STANDBY_REPLAYED, (position,))).fetchone()
+            return bool(row and row[1])
+
+        return await self._within(ask())
+
+    async def _within(self, work: Coroutine[Any, Any, T]) -> T:
+        """What a call to the standby returns, or TimeoutError after SURGE_PG_WAIT_TIMEOUT (its
+        wait for a connection included), the call then left to end on its own.
+
+        Not cancelled: psycopg meets a cancelled query by asking the server to cancel it and
+        waiting up to 10 s, which a hung standby (stopped, or its host gone silent) never
+        answers; a miss then took 18 s instead of its 8 s deadline (measured). Left alone, the
+        call ends when the standby answers or its connection breaks, and gives its connection
+        back to the pool."""
+        call = asyncio.ensure_future(work)
+        self._standby_calls.add(call)  # a strong reference, so it is not collected mid-way
+        call.add_done_callback(_forget_call(self._standby_calls))
+        return await asyncio.wait_for(asyncio.shield(call), self.settings.pg_wait_timeout)
+
+    async def _watch_standby(self) -> None:
+        """Send misses back to the standby once it answers and holds all the primary had written
+        when asked, so a standby that restarts behind never serves a record as it was."""
+        assert self.standby is not None
+        while True:
+            if not self.reads_on_standby:
+                try:
+                    # Drops the connections a restart broke (else one failed probe each).
+                    await self._within(self.standby.check())
+                    # A primary that cannot say writes nothing newer: answering is enough.
+                    position = await self._primary_position() or _WAL_START
+                    if await self._standby_replayed(position):
+                        self.reads_on_standby = True
+                        log.info("misses read the standby")
+                except STANDBY_FAULTS as exc:
+                    log.debug("standby not back yet: %r", exc)
+                except Exception:  # an answer of the wrong shape, say: keep probing
+                    log.exception("standby probe failed")
+            await asyncio.sleep(STANDBY_PROBE_S)
+
+    async def _standby_has_replayed_primary(self) -> None:
+        """Before a refresh changes Redis: wait until the standby has replayed what was just
+        read from the primary, so no replica's miss reads the record there as it was (and
+        writes that back). A standby that does not answer is passed over: every replica waits
+        for it to catch up before reading it again. Raises ServiceUnavailable when it answers
+        but stays behind for SURGE_STANDBY_REPLAY_TIMEOUT."""
+        position = await self._primary_position()
+        if position is None:
+            return  # the primary went away since the read: nothing to compare with
+        deadline = time.monotonic() + self.settings.standby_replay_timeout
+        while True:
+            try:
+                if await self._standby_replayed(position):
+                    return
+            except STANDBY_FAULTS:
+                self.reads_on_standby = False
+                return
+            if time.monotonic() > deadline:
+                raise ServiceUnavailable(
+                    detail="The standby has not replayed the record yet; retry shortly.",
+                    headers={"Retry-After": str(self.settings.retry_after)},
+                )
+            await asyncio.sleep(STANDBY_POLL_S)
 
     async def _write_back(self, key: str, field: str, body: bytes) -> None:
         if not self.breaker.allows():
@@ -473,6 +604,27 @@ class Lookup:
         except POSTGRES_FAULTS:
             status["postgres"] = "down"
         return status
+
+
+async def _select(
+    pool: AsyncConnectionPool, dataset: Dataset, record_id: Any, timer: Any
+) -> bytes | None:
+    """One record from one server; `timer` observes the call's seconds (a metrics child)."""
+    started = perf_counter()
+    async with pool.connection() as conn:
+        cursor = await conn.execute(dataset.select_one, (record_id,))
+        row = await cursor.fetchone()
+    timer.observe(perf_counter() - started)
+    return None if row is None else dataset.render(row)
+
+
+def _forget_call(calls: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None]:
+    def forget(call: asyncio.Task[Any]) -> None:
+        calls.discard(call)
+        if not call.cancelled():
+            call.exception()  # seen: an abandoned call's failure is not logged as unretrieved
+
+    return forget
 
 
 def _source(marker: dict[str, Any]) -> tuple[int, str]:

@@ -195,7 +195,8 @@ class Metrics:
         )
         self.store_seconds = _Family(
             "surge_store_call_duration_seconds",
-            "Time of one call to a store: redis hget/hset, postgres select.",
+            "Time of one call to a store: redis hget/hset, postgres (the primary) or "
+            "postgres_standby select.",
             ["store", "operation"],
             _Buckets,
         )
@@ -240,13 +241,16 @@ class Metrics:
         self.redis_errors = self.store_errors.labels("redis")
         self.redis_refused_write = self.refused_writes.labels()
         self.postgres_errors = self.store_errors.labels("postgres")
+        self.standby_select = self.store_seconds.labels("postgres_standby", "select")
+        self.standby_errors = self.store_errors.labels("postgres_standby")
         if not enabled:
             off = _Uncounted()
             self.outcomes = {
                 name: SimpleNamespace(**dict.fromkeys(OUTCOMES, off)) for name in self.outcomes
             }
-            self.redis_hget = self.redis_hset = self.postgres_select = off
+            self.redis_hget = self.redis_hset = self.postgres_select = self.standby_select = off
             self.redis_errors = self.postgres_errors = self.redis_refused_write = off
+            self.standby_errors = off
 
     def watch(self, lookup: Lookup) -> None:
         """Pool and circuit gauges, read from the lookup's clients at scrape time."""
@@ -329,6 +333,13 @@ class _LookupCollector(Collector):
             "Requests waiting for a Postgres connection now (capped by SURGE_PG_MAX_WAITING).",
             [((), stats.get("requests_waiting", 0))],
         )
+        if lookup.standby is not None:
+            yield _gauge(
+                "surge_postgres_standby_reads",
+                "1 while this replica's misses read the standby (SURGE_DATABASE_READ_URL), 0 "
+                "while they read the primary (the standby failed or has not caught up).",
+                [((), int(lookup.reads_on_standby))],
+            )
         yield _gauge(
             "surge_redis_circuit_open",
             "1 while this replica has stopped asking Redis after repeated failures, else 0.",

@@ -19,6 +19,11 @@ class Settings:
     """`production` refuses to start with the local default credentials below."""
     database_url: str = "postgresql://surge:surge@127.0.0.1:5432/surge"
     """Postgres, the source of truth (libpq URL)."""
+    database_read_url: str = ""
+    """A streaming standby of SURGE_DATABASE_URL that the replicas' fallback reads go to (libpq
+    URL); empty (or the same URL): they read SURGE_DATABASE_URL. The seeder and the admin
+    refresh always use SURGE_DATABASE_URL, and the seeder switches Redis to a new version only
+    once the standby has replayed its load."""
     redis_url: str = "redis://127.0.0.1:6379/0"
     """Redis, the read cache the seeder fills."""
 
@@ -53,6 +58,10 @@ class Settings:
     """Server-side cap on one lookup query."""
     pg_connect_timeout: int = 2
     """Seconds to open a Postgres connection."""
+    standby_replay_timeout: float = 60.0
+    """Seconds the seeder (before a Redis switch) and an admin refresh (before it writes the
+    record) wait for the standby (SURGE_DATABASE_READ_URL) to replay what they read from the
+    primary; past it the seeder fails, the refresh answers 503, and Redis stays as it was."""
 
     live_refresh_interval: float = 0.5
     """Seconds between a replica's reads of the live dataset versions (surge:live)."""
@@ -87,14 +96,21 @@ class Settings:
     metrics: bool = True
     """Serve /metrics and count requests (off only to measure what metrics cost)."""
 
+    @property
+    def standby_url(self) -> str:
+        """The standby's URL, or empty when there is none (fallback reads use the primary)."""
+        return "" if self.database_read_url == self.database_url else self.database_read_url
+
     def production_problems(self) -> list[str]:
         """What keeps these settings from being used in production (empty when none)."""
         if self.environment != "production":
             return []
         problems = []
-        db = urlsplit(self.database_url)
-        if not db.password or db.password == DEFAULT_PASSWORD:
-            problems.append(f"{env_name('database_url')} needs a password of its own")
+        databases = ["database_url", *(["database_read_url"] if self.database_read_url else [])]
+        for name in databases:
+            password = urlsplit(getattr(self, name)).password
+            if not password or password == DEFAULT_PASSWORD:
+                problems.append(f"{env_name(name)} needs a password of its own")
         if not urlsplit(self.redis_url).password:
             problems.append(f"{env_name('redis_url')} needs a password (redis://:PASSWORD@host)")
         return problems

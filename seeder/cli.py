@@ -19,6 +19,7 @@ from api.contract import DATASETS
 from api.settings import Settings, env_name
 from seeder import redis_fill
 from seeder.core import SeedReport, run
+from seeder.postgres import StandbyBehind
 from seeder.progress import PlainReporter, Reporter, RichReporter
 
 
@@ -54,6 +55,12 @@ def _parser(defaults: Settings) -> argparse.ArgumentParser:
     option("bookings", _count, "bookings to generate")
     option("seed", int, "generator seed: the same seed gives byte-identical data")
     option("database_url", str, "Postgres URL")
+    option(
+        "database_read_url",
+        str,
+        "the standby the replicas read from, whose replay of each load the Redis switch waits "
+        "for (empty: none)",
+    )
     option("redis_url", str, "Redis URL")
     parser.add_argument(
         "--reset",
@@ -111,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         bookings=args.bookings,
         seed=args.seed,
         database_url=args.database_url,
+        database_read_url=args.database_read_url,
         redis_url=args.redis_url,
     )
     console, errors = Console(), Console(stderr=True)
@@ -122,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         report = run(settings, reset=args.reset, reporter=reporter)
     except (psycopg.OperationalError, redis.ConnectionError) as exc:
         errors.print(f"surge-seed: store unavailable: {exc}", style="red", highlight=False)
+        return 1
+    except StandbyBehind as exc:
+        errors.print(f"surge-seed: {exc}", style="red", highlight=False)
         return 1
     except KeyboardInterrupt:
         # Postgres rolled back the dataset being loaded; Redis is refilled by the next run.
@@ -148,7 +159,7 @@ def watch(settings: Settings, every: float, console: Console, errors: Console) -
                         settings, reset=False, reporter=Reporter(), pace=settings.refill_rate
                     )
                     console.print(f"surge-seed --watch: {report}", highlight=False)
-            except (psycopg.OperationalError, redis.RedisError) as exc:
+            except (psycopg.OperationalError, redis.RedisError, StandbyBehind) as exc:
                 if not down:  # once per outage
                     errors.print(f"surge-seed: store unavailable, retrying: {exc}", style="red")
                 down = True

@@ -32,6 +32,9 @@ class DatasetReport:
     redis_keys: int
     redis_bytes_per_record: float
     """Redis memory per record, measured when the hashes were written (MEMORY USAGE sample)."""
+    standby_wait: float = 0.0
+    """Seconds the Redis switch waited for the standby to replay the load after the fill (0
+    without a standby or a switch)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,11 +151,21 @@ def _seed_one(
         assert pg is not None  # found, or just loaded
         marker = None if reset else redis_fill.in_sync(client, dataset, pg)
         redis_skipped = marker is not None
+        standby_wait = 0.0
         if marker is None:
+            # Replicas read the standby on a miss: it must hold every row the new version
+            # names before the switch. It replays while Redis fills, so this rarely waits.
+            written = postgres.wal_position(conn)
             # Beside the live version, which keeps serving until the switch.
             version = redis_fill.next_version(client, dataset)
             with reporter.phase(f"redis {dataset.name}", pg.rows) as advance:
                 marker = redis_fill.fill(conn, client, dataset, pg, advance, version, pace)
+            if settings.standby_url:
+                with reporter.phase(f"standby {dataset.name}", pg.rows) as advance:
+                    standby_wait = postgres.wait_for_replay(
+                        settings.standby_url, written, settings.standby_replay_timeout, advance
+                    )
+                    advance(pg.rows)
             marker = redis_fill.switch(client, marker, dataset)
             if redis_fill.stale_keys(client, dataset):
                 # Replicas pick the new version up within their refresh interval; until then
@@ -171,4 +184,5 @@ def _seed_one(
         redis_version=marker.version,
         redis_keys=marker.keys,
         redis_bytes_per_record=marker.bytes_per_record,
+        standby_wait=standby_wait,
     )

@@ -21,9 +21,10 @@ from datetime import datetime
 
 import psycopg
 
-from api.contract import SCHEMA_SQL
+from api.contract import PRIMARY_WAL_POSITION, SCHEMA_SQL, STANDBY_REPLAYED
+from api.settings import env_name
 from seeder import generate
-from seeder.progress import Reporter
+from seeder.progress import Advance, Reporter
 
 STUDENT_TABLES = ("subjects", "students", "student_scores")
 BOOKING_TABLES = ("events", "shows", "zones", "bookings")
@@ -36,9 +37,16 @@ APPLICATION_NAME = "surge-seed"
 _SWAP_LOCK_TIMEOUT = "500ms"
 _SWAP_ATTEMPTS = 20
 
+# Seconds between two questions to a standby that has not replayed a load yet.
+_REPLAY_POLL_S = 0.05
+
 # Serialises seeders started at the same moment (compose + a test run, say): the second waits,
 # then finds the data loaded and skips. Any constant works; this one spells "surge".
 _ADVISORY_LOCK = 0x7375726765
+
+
+class StandbyBehind(RuntimeError):
+    """The standby did not replay a load within SURGE_STANDBY_REPLAY_TIMEOUT."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +67,9 @@ def connect(url: str) -> psycopg.Connection:
     # Index builds and the read-back take seconds by design: a role's default timeout, common
     # on managed servers, must not cut them short.
     conn.execute("SET statement_timeout = 0")
+    # Commits reach the WAL before they return, so the WAL position read after a load covers
+    # it: the standby is compared with that position (a server may default to asynchronous).
+    conn.execute("SET synchronous_commit = on")
     return conn
 
 
@@ -80,6 +91,52 @@ def loaded(conn: psycopg.Connection, dataset: str) -> Loaded | None:
         "SELECT seed, rows, loaded_at FROM dataset_meta WHERE dataset = %s", (dataset,)
     ).fetchone()
     return Loaded(*row) if row else None
+
+
+def wal_position(conn: psycopg.Connection) -> str:
+    """Where the primary's WAL is written up to now: what a standby must replay to hold it all."""
+    row = conn.execute(PRIMARY_WAL_POSITION).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def wait_for_replay(url: str, position: str, timeout: float, advance: Advance) -> float:
+    """Return once the standby at `url` has replayed the primary's WAL up to `position`, with the
+    seconds that took; raise StandbyBehind past `timeout` (a standby that cannot be reached
+    meanwhile counts as behind). Calls advance(0) between questions, so a cancelled run stops."""
+    started = time.monotonic()
+    conn: psycopg.Connection | None = None
+    state = "not reached yet"
+    try:
+        while True:
+            remaining = timeout - (time.monotonic() - started)
+            try:
+                if conn is None:
+                    conn = psycopg.connect(
+                        url, autocommit=True, application_name=APPLICATION_NAME,
+                        connect_timeout=max(2, int(remaining) + 1),
+                    )  # fmt: skip
+                row = conn.execute(STANDBY_REPLAYED, (position,)).fetchone()
+                assert row is not None
+                if row[1]:
+                    return time.monotonic() - started
+                state = f"replayed up to {row[0]}"
+            except psycopg.OperationalError as exc:
+                state = f"unreachable ({str(exc).strip()})"
+                if conn is not None:
+                    conn.close()
+                    conn = None
+            if remaining <= 0:
+                raise StandbyBehind(
+                    f"the standby has not replayed the load within {timeout:g} s "
+                    f"({env_name('standby_replay_timeout')}): the primary is at {position}, "
+                    f"the standby {state}. Redis still serves the previous version."
+                )
+            advance(0)
+            time.sleep(min(_REPLAY_POLL_S, remaining))
+    finally:
+        if conn is not None:
+            conn.close()
 
 
 def _rebuild(

@@ -487,6 +487,7 @@ class PostgresServer(_Server):
     """A Postgres cluster of our own: user `surge` trusted on loopback, database `surge`."""
 
     name = "postgres"
+    port_hint = "set SURGE_DATABASE_URL to use the Postgres that is already running"
     # Immediate shutdown: backends exit at once; the next start recovers from WAL.
     signal_on_parent_death = signal.SIGQUIT
 
@@ -576,7 +577,8 @@ class PostgresServer(_Server):
 
     # lifecycle --------------------------------------------------------------------------
     def _initdb(self) -> None:
-        """Create the cluster in a side directory, then rename: never a half-made data_dir."""
+        """Create the cluster in a side directory, then rename: never a half-made data_dir
+        (initdb; a standby's is a base backup of its primary)."""
         assert self.bin_dir is not None
         parent = self.data_dir.parent
         parent.mkdir(parents=True, exist_ok=True)
@@ -589,6 +591,24 @@ class PostgresServer(_Server):
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(mode=0o700)
         self._give_to_postgres(staging)
+        cmd = self._create_command(staging)
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_file, "ab") as log:
+            done = subprocess.run(
+                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env=self._env(), **self._run_as(), check=False,
+            )  # fmt: skip
+        if done.returncode != 0:
+            shutil.rmtree(staging, ignore_errors=True)
+            program = Path(cmd[0]).name
+            raise ServerError(f"{program} failed (exit {done.returncode}){log_tail(self.log_file)}")
+        if self.data_dir.exists():
+            self.data_dir.rmdir()
+        staging.rename(self.data_dir)
+
+    def _create_command(self, staging: Path) -> list[str]:
+        """What fills an empty data directory: initdb here, a base backup for a standby."""
+        assert self.bin_dir is not None
         cmd = [
             str(self.bin_dir / "initdb"),
             "--pgdata", str(staging),
@@ -601,18 +621,7 @@ class PostgresServer(_Server):
         ]  # fmt: skip
         if not self.durable:
             cmd.append("--no-sync")
-        self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_file, "ab") as log:
-            done = subprocess.run(
-                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=self._env(), **self._run_as(), check=False,
-            )  # fmt: skip
-        if done.returncode != 0:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise ServerError(f"initdb failed (exit {done.returncode}){log_tail(self.log_file)}")
-        if self.data_dir.exists():
-            self.data_dir.rmdir()
-        staging.rename(self.data_dir)
+        return cmd
 
     def _command(self) -> list[str]:
         assert self.bin_dir is not None
@@ -688,10 +697,7 @@ class PostgresServer(_Server):
         self.bin_dir = self.bin_dir or find_pg_bin()
         if not (self.data_dir / "PG_VERSION").exists():
             self._initdb()
-        ensure_port_free(
-            self.port, f"Postgres on port {self.port}",
-            "set SURGE_DATABASE_URL to use the Postgres that is already running",
-        )  # fmt: skip
+        ensure_port_free(self.port, f"Postgres on port {self.port}", self.port_hint)
         if self.socket_dir is not None:
             self.socket_dir.mkdir(parents=True, exist_ok=True)
             self._give_to_postgres(self.socket_dir)
@@ -713,6 +719,147 @@ class PostgresServer(_Server):
         if pid is not None:
             self._signal_and_wait(pid, signal.SIGINT, timeout)
         self._forget()
+
+    def standby(
+        self,
+        data_dir: str | os.PathLike[str],
+        port: int,
+        socket_dir: str | os.PathLike[str] | None = None,
+        **kwargs: Any,
+    ) -> StandbyServer:
+        """A streaming standby of this server (not started yet): see StandbyServer."""
+        return StandbyServer(self, data_dir, port, socket_dir, **kwargs)
+
+    def allow_replication(self) -> None:
+        """Make sure a standby on loopback can stream from this running server.
+
+        wal_level and max_wal_senders take a restart, so a wrong value is an error; the pg_hba
+        entry for replication from 127.0.0.1 (initdb writes one) is added and reloaded when
+        missing."""
+        import psycopg
+
+        with psycopg.connect(
+            host=HOST, port=self.port, user=PG_USER, dbname="postgres", autocommit=True,
+            connect_timeout=5,
+        ) as conn:  # fmt: skip
+
+            def show(setting: str) -> str:
+                row = conn.execute(f"SHOW {setting}").fetchone()
+                return str(row[0]) if row else ""
+
+            wal_level, senders = show("wal_level"), int(show("max_wal_senders"))
+            if wal_level == "minimal" or senders == 0:
+                raise ServerError(
+                    f"Postgres on port {self.port} cannot feed a standby: it runs with "
+                    f"wal_level={wal_level}, max_wal_senders={senders} (needs wal_level=replica "
+                    "and max_wal_senders > 0, then a restart)"
+                )
+            rules = conn.execute(
+                "SELECT type, database, user_name, address, netmask FROM pg_hba_file_rules"
+                " WHERE error IS NULL"
+            ).fetchall()
+            if not any(_replication_from_loopback(*rule) for rule in rules):
+                hba = Path(show("hba_file"))
+                with hba.open("a") as out:  # appended: the file keeps its owner and mode
+                    out.write(f"host replication {PG_USER} {HOST}/32 trust\n")
+                conn.execute("SELECT pg_reload_conf()")
+
+
+def _replication_from_loopback(
+    kind: str, databases: list[str], users: list[str], address: str | None, netmask: str | None
+) -> bool:
+    """Whether one pg_hba rule lets `surge` open a replication connection from 127.0.0.1."""
+    import ipaddress
+
+    if kind not in ("host", "hostnossl") or "replication" not in databases:
+        return False
+    if not ({"all", PG_USER} & set(users)):
+        return False
+    if address in ("all", "samehost", "samenet"):
+        return True
+    try:
+        network = ipaddress.ip_network(f"{address}/{netmask}", strict=False)
+    except ValueError:
+        return False
+    return ipaddress.ip_address(HOST) in network
+
+
+class StandbyServer(PostgresServer):
+    """A hot standby of a PostgresServer on loopback, streaming its WAL as it is written.
+
+    Made on first start by `pg_basebackup -R` from the running primary (as the postgres user
+    when we are root, like initdb), so it holds the primary's data and users and answers
+    read-only queries; after that it starts from its own data directory like any cluster and
+    catches up from the primary by itself. No replication slot: a standby stopped while the
+    primary writes more WAL than it keeps (max_wal_size) cannot catch up, and is made again
+    by removing its data directory.
+    """
+
+    name = "postgres-standby"
+    port_hint = "choose another port for the standby"
+
+    def __init__(
+        self,
+        primary: PostgresServer,
+        data_dir: str | os.PathLike[str],
+        port: int,
+        socket_dir: str | os.PathLike[str] | None = None,
+        *,
+        log_file: str | os.PathLike[str] | None = None,
+        durable: bool | None = None,
+        detached: bool | None = None,
+        settings: dict[str, str] | None = None,
+        start_timeout: float = 60.0,
+    ) -> None:
+        """durable and detached default to the primary's. The primary's extra settings apply
+        too (a hot standby refuses to start with a lower max_connections, say), then these."""
+        super().__init__(
+            data_dir,
+            port,
+            socket_dir,
+            log_file=log_file,
+            durable=primary.durable if durable is None else durable,
+            detached=primary.detached if detached is None else detached,
+            settings={**primary.settings, **(settings or {})},
+            start_timeout=start_timeout,
+        )
+        self.primary = primary
+
+    def _initdb(self) -> None:
+        if not self.primary.running:
+            raise ServerError(
+                f"the standby on port {self.port} is copied from the primary on port "
+                f"{self.primary.port}: start the primary first"
+            )
+        self.primary.allow_replication()
+        super()._initdb()
+
+    def _create_command(self, staging: Path) -> list[str]:
+        assert self.bin_dir is not None
+        cmd = [
+            str(self.bin_dir / "pg_basebackup"),
+            "--pgdata", str(staging),
+            "--host", HOST,
+            "--port", str(self.primary.port),
+            "--username", PG_USER,
+            "--no-password",
+            "--write-recovery-conf",  # standby.signal and primary_conninfo
+            "--wal-method", "stream",
+            "--checkpoint", "fast",  # not a spread checkpoint: minutes on an idle primary
+        ]  # fmt: skip
+        if not self.durable:
+            cmd.append("--no-sync")
+        return cmd
+
+    def command(self) -> list[str]:
+        """The foreground command, for a supervisor that runs the standby itself. Known before
+        the data directory exists, which only a running primary can fill (the base backup,
+        made on first use by _initdb(), as start() does)."""
+        self.bin_dir = self.bin_dir or find_pg_bin()
+        return self._command()
+
+    def _ensure_database(self) -> None:
+        pass  # read-only: `surge` comes from the primary
 
 
 # --------------------------------------------------------------------------------------------
@@ -939,6 +1086,7 @@ __all__ = [
     "PostgresServer",
     "RedisServer",
     "ServerError",
+    "StandbyServer",
     "ensure_port_free",
     "find_pg_bin",
     "find_redis_server",

@@ -42,3 +42,27 @@ def test_production_accepts_real_credentials():
         }
     )
     assert s.production_problems() == []
+
+
+def test_fallback_reads_use_the_primary_unless_a_standby_is_named():
+    primary = "postgresql://surge:surge@db:5432/surge"
+    standby = "postgresql://surge:surge@db-standby:5432/surge"
+    assert Settings.from_env({}).standby_url == ""
+    assert Settings.from_env({"SURGE_DATABASE_READ_URL": ""}).standby_url == ""
+    same = {"SURGE_DATABASE_URL": primary, "SURGE_DATABASE_READ_URL": primary}
+    assert Settings.from_env(same).standby_url == ""
+    other = {"SURGE_DATABASE_URL": primary, "SURGE_DATABASE_READ_URL": standby}
+    assert Settings.from_env(other).standby_url == standby
+
+
+def test_production_refuses_a_standby_with_the_default_password():
+    env = {
+        "SURGE_ENVIRONMENT": "production",
+        "SURGE_DATABASE_URL": "postgresql://surge:s3cret-long@db:5432/surge",
+        "SURGE_REDIS_URL": "redis://:an0ther-s3cret@cache:6379/0",
+        "SURGE_DATABASE_READ_URL": "postgresql://surge:surge@db-standby:5432/surge",
+    }
+    problems = Settings.from_env(env).production_problems()
+    assert problems == ["SURGE_DATABASE_READ_URL needs a password of its own"]
+    env["SURGE_DATABASE_READ_URL"] = "postgresql://surge:s3cret-long@db-standby:5432/surge"
+    assert Settings.from_env(env).production_problems() == []

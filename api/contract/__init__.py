@@ -1,4 +1,5 @@
-"""The data contract shared by seeder and API: SQL schema, Redis key layout, record renderer.
+"""The data contract shared by seeder and API: SQL schema, Redis key layout, record renderer,
+and when a standby has caught up.
 
 Nothing outside this package defines a table, a Redis key or a JSON field. The seeder imports it;
 it imports nothing from the seeder.
@@ -17,6 +18,7 @@ from api.contract.dataset import (
     parse_version,
     stamp,
 )
+from api.contract.standby import PRIMARY_WAL_POSITION, STANDBY_REPLAYED
 from api.contract.students import STUDENTS
 
 DATASETS: tuple[Dataset, ...] = (STUDENTS, BOOKINGS)
@@ -26,10 +28,12 @@ __all__ = [
     "DATASETS",
     "LIVE_KEY",
     "MARKER_KEY",
+    "PRIMARY_WAL_POSITION",
     "REDIS_HASH_CONFIG",
     "REFRESHED_KEEP",
     "REFRESHED_KEY",
     "SCHEMA_SQL",
+    "STANDBY_REPLAYED",
     "STUDENTS",
     "UNSEEDED_VERSION",
     "Dataset",
