@@ -43,6 +43,7 @@ from stack.servers import (
     PostgresServer,
     RedisServer,
     ServerError,
+    StandbyServer,
     ensure_port_free,
     free_port_block,
     granian_command,
@@ -102,6 +103,8 @@ class Layout:
     """nginx's stub_status, for the exporter only."""
     prometheus_port: int = 9090
     pg_port: int = 5432
+    pg_standby_port: int = 5433
+    """The streaming standby's, with SURGE_POSTGRES_STANDBY=1."""
     redis_port: int = 6379
     api_port_base: int = 8000
     """Replica n listens on api_port_base + n."""
@@ -264,8 +267,8 @@ EXPORTERS = tuple(Exporter(job) for job in ("node", "nginx", "redis", "postgres"
 # the stack
 
 PRIORITY = {
-    "postgres": 10, "redis": 20, "redis-keeper": 30, "api": 40, "exporter": 50,
-    "prometheus": 60, "nginx": 70,
+    "postgres": 10, "postgres-standby": 15, "redis": 20, "redis-keeper": 30, "api": 40,
+    "exporter": 50, "prometheus": 60, "nginx": 70,
 }  # fmt: skip
 """supervisord's order: the stores start first; `down` stops the entry first (no new
 requests), then monitoring, the replicas and the keeper, the stores last."""
@@ -321,6 +324,15 @@ class Stack:
             detached=True,
         )
 
+    def standby(self) -> StandbyServer:
+        run = self.layout.run
+        return self.postgres().standby(
+            run / "postgres-standby",
+            self.layout.pg_standby_port,
+            run / "sock",
+            log_file=self.layout.logs / "postgres-standby.log",
+        )
+
     def redis(self) -> RedisServer:
         return RedisServer(
             self.layout.run / "redis",
@@ -366,6 +378,12 @@ class Stack:
     def _own_postgres(self) -> bool:
         return not self.environ.get("SURGE_DATABASE_URL")
 
+    def _own_standby(self) -> bool:
+        """SURGE_POSTGRES_STANDBY=1: a streaming standby of our Postgres serves the fallback
+        reads (with SURGE_DATABASE_URL, point SURGE_DATABASE_READ_URL at yours instead)."""
+        wanted = self.environ.get("SURGE_POSTGRES_STANDBY", "").strip().lower()
+        return self._own_postgres() and wanted in ("1", "on", "true", "yes")
+
     def _own_redis(self) -> bool:
         return not self.environ.get("SURGE_REDIS_URL")
 
@@ -374,6 +392,8 @@ class Stack:
         env = dict(self.environ)
         if self._own_postgres():
             env["SURGE_DATABASE_URL"] = self.postgres().url
+        if self._own_standby():
+            env["SURGE_DATABASE_READ_URL"] = self.standby().url
         if self._own_redis():
             env["SURGE_REDIS_URL"] = self.redis().url
         return env
@@ -404,6 +424,21 @@ class Stack:
                     environment=pg.environment,
                     user=pg.system_user,
                     stop_signal="INT",  # fast shutdown: sessions rolled back, a checkpoint
+                    stop_wait_s=30,
+                    start_secs=2,
+                )
+            )
+        if self._own_standby():
+            sb = self.standby()
+            progs.append(
+                Program(
+                    "postgres-standby",
+                    sb.command(),
+                    PRIORITY["postgres-standby"],
+                    sb.port,
+                    environment=sb.environment,
+                    user=sb.system_user,
+                    stop_signal="INT",
                     stop_wait_s=30,
                     start_secs=2,
                 )
@@ -486,6 +521,7 @@ class Stack:
             return layout.replica_port(n)
         ports: dict[str, int] = {
             "postgres": layout.pg_port,
+            "postgres-standby": layout.pg_standby_port,
             "redis": layout.redis_port,
             "nginx": layout.http_port,
             "prometheus": layout.prometheus_port,
@@ -526,6 +562,7 @@ class Stack:
         """Fail on a taken port before anything starts (and before minutes of seeding)."""
         variables = {
             "postgres": "SURGE_PG_PORT",
+            "postgres-standby": "SURGE_PG_STANDBY_PORT",
             "redis": "SURGE_REDIS_PORT",
             "nginx": "SURGE_HTTP_PORT",
             "prometheus": "SURGE_PROMETHEUS_PORT",
@@ -611,6 +648,11 @@ class Stack:
             self._start("postgres", added, changed)
             self._wait_ready("postgres", pg.ready, f"Postgres on :{pg.port}")
             pg.ensure_database()
+            if self._own_standby():
+                sb = self.standby()
+                sb.prepare()  # on first use, a base backup of the running primary
+                self._start("postgres-standby", added, changed)
+                self._wait_ready("postgres-standby", sb.ready, f"the standby on :{sb.port}")
         else:
             say("Postgres: using SURGE_DATABASE_URL (not starting one)")
         if self._own_redis():
@@ -763,6 +805,8 @@ class Stack:
                 port = getattr(layout, exp.port_field)
                 print(f"    {exp.name:<18}http://{HOST}:{port}/metrics")
         print(f"    Postgres          {pg_url}")
+        if self._own_standby():
+            print(f"    its standby       {self.standby().url}   (fallback reads)")
         print(f"    Redis             {redis_url}")
         print("  supervised by supervisord: `make status` shows each process, `make down` stops")
         print(f"  them all; logs in {self._rel(layout.logs)}/")

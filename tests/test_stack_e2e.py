@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 from k6_runner import EXPORT_IDS, K6, KINDS, assert_all_checks_passed, output, run_k6
 from polling import poll
@@ -53,7 +54,9 @@ PROBLEM = "application/problem+json"
 def stack() -> Iterator[LocalStack]:
     # The first replica spills to the others beyond one request in flight (default 24), so a
     # few client threads reach every replica.
-    with run_local_stack(REPLICAS, SURGE_NGINX_ACCESS_LOG="on", SURGE_NGINX_SPILL_AT="1") as local:
+    with run_local_stack(
+        REPLICAS, SURGE_NGINX_ACCESS_LOG="on", SURGE_NGINX_SPILL_AT="1", SURGE_POSTGRES_STANDBY="1"
+    ) as local:
         yield local
 
 
@@ -126,6 +129,23 @@ def test_up_serves_through_nginx_light_load_on_one_replica_and_bursts_on_all(
     assert set(by_port) == replica_ports, by_port
     for n in range(1, REPLICAS + 1):  # replicas listen on loopback, not on the public port
         assert stack.record(f"api-{n}").port == stack.replica_port(n)
+
+
+def test_a_streaming_standby_runs_beside_postgres(stack: LocalStack) -> None:
+    """SURGE_POSTGRES_STANDBY=1: supervisord runs a standby made from the primary, streaming
+    from it, and the replicas read their fallbacks there (tests/test_standby.py: how)."""
+    assert stack.record("postgres-standby").live
+    standby = f"postgresql://surge@{HOST}:{stack.layout.pg_standby_port}/surge"
+    with psycopg.connect(standby, connect_timeout=5) as conn:
+        assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
+        (students,) = conn.execute("SELECT count(*) FROM students").fetchone() or (0,)
+    assert students == STUDENTS
+    primary = f"postgresql://surge@{HOST}:{stack.layout.pg_port}/surge"
+    with psycopg.connect(primary, connect_timeout=5) as conn:
+        states = conn.execute("SELECT state FROM pg_stat_replication").fetchall()
+    assert states == [("streaming",)]
+    metrics = httpx.get(f"http://{HOST}:{stack.replica_port(1)}/metrics", timeout=5).text
+    assert "surge_postgres_standby_reads" in metrics
 
 
 def test_nginx_own_errors_are_problem_details(stack: LocalStack) -> None:
