@@ -124,6 +124,14 @@ def test_image_is_built_here_or_pinned_to_an_exact_version(name: str) -> None:
     assert len(version) == (2 if m.group("repo") == "postgres" else 3), service["image"]
 
 
+def test_no_image_names_a_registry_host() -> None:
+    """Images are named as Docker Hub names them; a mirror is the user's to set (a registry
+    host is a first path segment with a dot or a port)."""
+    for name, service in SERVICES.items():
+        first = service["image"].split("/")[0]
+        assert "/" not in service["image"] or not re.search(r"[.:]", first), (name, first)
+
+
 def test_app_services_share_one_local_image() -> None:
     built = {name: s for name, s in SERVICES.items() if "build" in s}
     assert set(built) == {"api", "seeder", "redis-keeper"}
