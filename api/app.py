@@ -35,7 +35,20 @@ READ_METHODS = [HttpMethod.GET, HttpMethod.HEAD]
 
 class Readiness(msgspec.Struct, frozen=True):
     status: str
+    """ready (every component up), degraded (a store is down, lookups are still answered) or
+    not ready (no store answers and the replica's copy does not hold every record)."""
     components: dict[str, str]
+
+
+def readiness(components: dict[str, str]) -> Readiness:
+    """Ready means "can answer lookups": an orchestrator must not take every replica out of
+    service because Redis restarts, while their copies (or Postgres) still serve."""
+    stores_up = [components[k] == "up" for k in ("redis", "postgres")]
+    if all(stores_up):
+        return Readiness("ready", components)
+    if any(stores_up) or components.get("copy") == "complete":
+        return Readiness("degraded", components)
+    return Readiness("not ready", components)
 
 
 def record_route(dataset: Dataset, lookup: Lookup, settings: Settings) -> HTTPRouteHandler:
@@ -135,16 +148,16 @@ def create_app(settings: Settings | None = None) -> Litestar:
         "/ready",
         http_method=READ_METHODS,
         tags=["operations"],
-        summary="Redis and Postgres reachable",
-        responses={503: ResponseSpec(Readiness, description="A store is unreachable")},
+        summary="Whether this replica can answer lookups (200 ready or degraded, else 503)",
+        responses={
+            503: ResponseSpec(
+                Readiness, description="No store answers and the replica's copy is not complete"
+            )
+        },
     )
     async def ready() -> Response[Readiness]:
-        components = await lookup.readiness()
-        is_ready = all(state == "up" for state in components.values())
-        return Response(
-            Readiness(status="ready" if is_ready else "not ready", components=components),
-            status_code=200 if is_ready else 503,
-        )
+        state = readiness(await lookup.readiness())
+        return Response(state, status_code=503 if state.status == "not ready" else 200)
 
     @get(
         "/metrics",

@@ -592,8 +592,16 @@ class Lookup:
             self.breaker.record_failure()
 
     async def readiness(self) -> dict[str, str]:
-        """Per-component status for /ready: each probe bounded like a lookup."""
-        status = {"redis": "up", "postgres": "up"}
+        """Per-component status for /ready: each probe bounded like a lookup; `copy` is this
+        replica's own copy of the records (complete: it answers every lookup by itself)."""
+        copies = [self.local.datasets.get(d.name) for d in DATASETS]
+        if self.local.max_bytes <= 0:
+            copy = "off"
+        elif all(c is not None and c.complete for c in copies):
+            copy = "complete"
+        else:
+            copy = "partial"
+        status = {"redis": "up", "postgres": "up", "copy": copy}
         try:
             await self.redis.ping()
         except REDIS_FAULTS:

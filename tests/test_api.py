@@ -9,7 +9,7 @@ import pytest
 from litestar.testing import TestClient
 from swagger_ui_bundle import swagger_ui_path
 
-from api.app import create_app
+from api.app import create_app, readiness
 from api.contract import BOOKINGS, STUDENTS, Dataset
 from api.lookup import NegativeCache
 
@@ -193,7 +193,24 @@ def test_health_and_ready(client):
     assert client.get("/health").json() == {"status": "ok"}
     ready = client.get("/ready")
     assert ready.status_code == 200
-    assert ready.json() == {"status": "ready", "components": {"redis": "up", "postgres": "up"}}
+    components = {"redis": "up", "postgres": "up", "copy": "off"}  # the session's copy is off
+    assert ready.json() == {"status": "ready", "components": components}
+
+
+@pytest.mark.parametrize(
+    ("redis", "postgres", "copy", "status"),
+    [
+        ("up", "up", "partial", "ready"),
+        ("down", "up", "off", "degraded"),
+        ("up", "down", "partial", "degraded"),
+        ("down", "down", "complete", "degraded"),  # the copy answers every known record
+        ("down", "down", "partial", "not ready"),
+        ("down", "down", "off", "not ready"),
+    ],
+)
+def test_ready_means_able_to_answer(redis, postgres, copy, status):
+    state = readiness({"redis": redis, "postgres": postgres, "copy": copy})
+    assert state.status == status
 
 
 def test_openapi_schema_and_docs_page(client):

@@ -52,9 +52,9 @@ def test_redis_down_falls_back_to_postgres_then_returns(client, settings, redis_
             assert response.status_code == 200
             assert response.content == expected[i]
             assert elapsed < FALLBACK_BOUND_S, f"fallback took {elapsed:.3f} s"
-        ready = client.get("/ready")
-        assert ready.status_code == 503
-        assert ready.json()["components"] == {"redis": "down", "postgres": "up"}
+        ready = client.get("/ready")  # still answering: degraded, not out of service
+        assert ready.status_code == 200 and ready.json()["status"] == "degraded"
+        assert ready.json()["components"] == {"redis": "down", "postgres": "up", "copy": "off"}
     finally:
         redis_server.start()
 
@@ -166,3 +166,19 @@ def test_a_full_redis_refuses_write_backs_at_no_cost(client, rds):
         rds.config_set("maxmemory-policy", policy)
     assert client.get(f"/students/{student}").content == expected
     assert rds.hget(key, field) == expected  # room again: written back
+
+
+def test_ready_is_503_only_when_nothing_can_answer(client, settings, redis_server, postgres_server):
+    """Both stores gone and no complete copy (the session's copy is off): 503 "not ready", the
+    one state in which an orchestrator should stop sending this replica requests."""
+    redis_server.stop()
+    postgres_server.stop()
+    try:
+        ready = client.get("/ready")
+        assert ready.status_code == 503 and ready.json()["status"] == "not ready"
+        assert ready.headers["content-type"].startswith("application/json")
+    finally:
+        postgres_server.start()
+        redis_server.start()
+    poll_until(lambda: client.get("/ready").json()["status"] == "ready", RECOVERY_BOUND_S)
+    seeder.seed(settings)  # Redis came back empty
