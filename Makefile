@@ -37,10 +37,10 @@ seed: deps ## (Re)seed the running stores; SEED_ARGS passes options to the seede
 test: deps ## Run the test suite against real Postgres and Redis (started by the tests)
 	@$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-lint: deps ## ruff check, ruff format --check, mypy --strict on api, seeder, bench/capacity.py
+lint: deps ## ruff check, ruff format --check, mypy --strict on api, seeder, stack, bench/capacity.py
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/ruff format --check .
-	@$(VENV)/bin/mypy api seeder bench/capacity.py
+	@$(VENV)/bin/mypy api seeder stack bench/capacity.py
 
 bench: deps ## Benchmark report vs the running stack: docs/benchmarks/report-<date>.md (BENCH_ARGS)
 	@$(PY) bench/report.py $(BENCH_ARGS)

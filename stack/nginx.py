@@ -300,7 +300,7 @@ class NginxServer:
         """True when stub_status answers 200 (the master has bound and a worker accepts)."""
         try:
             with urllib.request.urlopen(self.status_url, timeout=1) as r:
-                return r.status == 200
+                return bool(r.status == 200)
         except (OSError, urllib.error.URLError):
             return False
 

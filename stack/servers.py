@@ -370,6 +370,9 @@ class _Server:
     def _looks_like_ours(self, cmdline: str) -> bool:
         raise NotImplementedError
 
+    def stop(self, timeout: float = 30.0) -> None:
+        raise NotImplementedError
+
     # shared ------------------------------------------------------------------------------
     @property
     def pid(self) -> int | None:
