@@ -127,7 +127,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     settings.refuse_unsafe_production()
     metrics = Metrics(enabled=settings.metrics)
     lookup = Lookup(settings, metrics)
-    metrics.watch(lookup)
+    metrics.watch(lookup.stats)
 
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:

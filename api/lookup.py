@@ -24,6 +24,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout, TooManyRequests
 from redis.backoff import NoBackoff
 from redis.exceptions import OutOfMemoryError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.observability.attributes import DB_CLIENT_CONNECTION_STATE, ConnectionState
 from redis.retry import Retry
 
 from api.contract import (
@@ -40,7 +41,7 @@ from api.contract import (
 )
 from api.errors import ServiceUnavailable
 from api.local_cache import LocalCache
-from api.metrics import Metrics
+from api.metrics import CopyStats, LookupStats, Metrics
 from api.settings import Settings
 
 log = logging.getLogger("surge.lookup")
@@ -590,6 +591,35 @@ class Lookup:
         self.metrics.redis_errors.inc()
         if not isinstance(exc, REDIS_TIMEOUTS):
             self.breaker.record_failure()
+
+    def stats(self) -> LookupStats:
+        """This read path's state for the metrics, from its clients' public counters."""
+        redis_pool = self.redis.connection_pool
+        redis_counts = {
+            attributes.get(DB_CLIENT_CONNECTION_STATE): count
+            for count, attributes in redis_pool.get_connection_count()
+        }
+        pg = self.postgres.get_stats()
+        pg_size, pg_idle = pg.get("pool_size", 0), pg.get("pool_available", 0)
+        local = self.local
+        return LookupStats(
+            redis_in_use=redis_counts.get(ConnectionState.USED.value, 0),
+            redis_idle=redis_counts.get(ConnectionState.IDLE.value, 0),
+            redis_max=redis_pool.max_connections,
+            postgres_in_use=pg_size - pg_idle,
+            postgres_idle=pg_idle,
+            postgres_max=self.postgres.max_size,
+            postgres_waiting=pg.get("requests_waiting", 0),
+            standby_reads=None if self.standby is None else self.reads_on_standby,
+            circuit_open=self.breaker.is_open,
+            negative_entries=len(self.unknown),
+            copies=tuple(
+                CopyStats(name, cache.version, len(cache.records), cache.complete)
+                for name, cache in sorted(local.datasets.items())
+            ),
+            copy_bytes_used=local.used,
+            copy_bytes_budget=local.max_bytes,
+        )
 
     async def readiness(self) -> dict[str, str]:
         """Per-component status for /ready: each probe bounded like a lookup; `copy` is this

@@ -12,7 +12,8 @@ import asyncio
 import platform
 import time
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from importlib import metadata
 from itertools import accumulate
 from types import SimpleNamespace
@@ -35,8 +36,6 @@ from api.contract import DATASETS
 
 if TYPE_CHECKING:
     from litestar.types import ASGIApp, Message, Receive, Scope, Send
-
-    from api.lookup import Lookup
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -252,9 +251,9 @@ class Metrics:
             self.redis_errors = self.postgres_errors = self.redis_refused_write = off
             self.standby_errors = off
 
-    def watch(self, lookup: Lookup) -> None:
-        """Pool and circuit gauges, read from the lookup's clients at scrape time."""
-        self.registry.register(_LookupCollector(lookup))
+    def watch(self, stats: Callable[[], LookupStats]) -> None:
+        """Pool, circuit and copy gauges, from the read path's own report at scrape time."""
+        self.registry.register(_LookupCollector(stats))
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, str(status)).inc()
@@ -296,79 +295,100 @@ class Metrics:
         return measured
 
 
+@dataclass(frozen=True, slots=True)
+class CopyStats:
+    dataset: str
+    version: int
+    records: int
+    complete: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LookupStats:
+    """What the read path reports of itself at scrape time (api.lookup.Lookup.stats): the
+    metrics module renders it and reads nothing else of the lookup or its clients."""
+
+    redis_in_use: int
+    redis_idle: int
+    redis_max: int
+    postgres_in_use: int
+    postgres_idle: int
+    postgres_max: int
+    postgres_waiting: int
+    standby_reads: bool | None
+    """Whether misses read the standby now; None without one."""
+    circuit_open: bool
+    negative_entries: int
+    copies: tuple[CopyStats, ...]
+    copy_bytes_used: int
+    copy_bytes_budget: int
+
+
 class _LookupCollector(Collector):
-    def __init__(self, lookup: Lookup) -> None:
-        self.lookup = lookup
+    def __init__(self, stats: Callable[[], LookupStats]) -> None:
+        self.stats = stats
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
-        lookup = self.lookup
-        redis_pool = lookup.redis.connection_pool
-        # redis-py keeps no public counters; these two sets are its pool's own bookkeeping.
-        in_use = len(getattr(redis_pool, "_in_use_connections", ()))
-        idle = len(getattr(redis_pool, "_available_connections", ()))
+        st = self.stats()
         yield _gauge(
             "surge_redis_pool_connections",
             "Redis connections of this replica by state (in_use, idle).",
-            [(("in_use",), in_use), (("idle",), idle)],
+            [(("in_use",), st.redis_in_use), (("idle",), st.redis_idle)],
             ["state"],
         )
         yield _gauge(
             "surge_redis_pool_max", "Redis connections this replica may open.",
-            [((), redis_pool.max_connections)],
+            [((), st.redis_max)],
         )  # fmt: skip
-        stats = lookup.postgres.get_stats()
-        size, available = stats.get("pool_size", 0), stats.get("pool_available", 0)
         yield _gauge(
             "surge_postgres_pool_connections",
             "Postgres connections of this replica by state (in_use, idle).",
-            [(("in_use",), size - available), (("idle",), available)],
+            [(("in_use",), st.postgres_in_use), (("idle",), st.postgres_idle)],
             ["state"],
         )
         yield _gauge(
             "surge_postgres_pool_max", "Postgres connections this replica may open.",
-            [((), lookup.postgres.max_size)],
+            [((), st.postgres_max)],
         )  # fmt: skip
         yield _gauge(
             "surge_postgres_pool_waiting",
             "Requests waiting for a Postgres connection now (capped by SURGE_PG_MAX_WAITING).",
-            [((), stats.get("requests_waiting", 0))],
+            [((), st.postgres_waiting)],
         )
-        if lookup.standby is not None:
+        if st.standby_reads is not None:
             yield _gauge(
                 "surge_postgres_standby_reads",
                 "1 while this replica's misses read the standby (SURGE_DATABASE_READ_URL), 0 "
                 "while they read the primary (the standby failed or has not caught up).",
-                [((), int(lookup.reads_on_standby))],
+                [((), int(st.standby_reads))],
             )
         yield _gauge(
             "surge_redis_circuit_open",
             "1 while this replica has stopped asking Redis after repeated failures, else 0.",
-            [((), int(lookup.breaker.is_open))],
+            [((), int(st.circuit_open))],
         )
         yield _gauge(
             "surge_negative_cache_entries",
             "Unknown ids this replica currently remembers as unknown.",
-            [((), len(lookup.unknown))],
+            [((), st.negative_entries)],
         )
-        local = lookup.local
-        copies = sorted(local.datasets.items())
         yield _gauge(
             "surge_local_copy_records",
             "Records of the live version this replica holds in its own copy, per dataset.",
-            [((name, str(cache.version)), len(cache.records)) for name, cache in copies],
+            [((c.dataset, str(c.version)), c.records) for c in st.copies],
             ["dataset", "version"],
         )
         yield _gauge(
             "surge_local_copy_complete",
             "1 when the copy holds the dataset's whole live version (unknown ids are then "
             "answered 404 from it, without Redis or Postgres), else 0.",
-            [((name,), int(cache.complete)) for name, cache in copies],
+            [((c.dataset,), int(c.complete)) for c in st.copies],
             ["dataset"],
         )
         yield _gauge(
             "surge_local_copy_bytes",
             "Bytes of the copy (all datasets), and its budget (SURGE_LOCAL_CACHE_MB).",
-            [(("used",), local.used), (("budget",), local.max_bytes)],
+            [(("used",), st.copy_bytes_used), (("budget",), st.copy_bytes_budget)],
             ["kind"],
         )
         yield _gauge(
