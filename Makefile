@@ -43,7 +43,7 @@ lint: deps ## ruff check, ruff format --check, mypy --strict on api, seeder, sta
 	@$(VENV)/bin/mypy api seeder stack bench/capacity.py
 
 bench: deps ## Benchmark report vs the running stack: docs/benchmarks/report-<date>.md (BENCH_ARGS)
-	@$(PY) bench/report.py $(BENCH_ARGS)
+	@$(PY) -m bench $(BENCH_ARGS)
 
 # `make capacity STUDENTS=896520 PEAK_RPS=7500`; optional: BOOKINGS (0), HEADROOM (50%),
 # FALLBACK_SHARE (1%), CORES_PER_NODE (8), REDIS_NODE_GB (3), RESULTS (default: the newest full

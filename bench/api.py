@@ -22,17 +22,16 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import redis
+
+from api.contract import STUDENTS
+from api.settings import Settings
+from bench.machine import machine
+from bench.wrk import random_students
+from seeder.generate import FIRST_STUDENT_ID
+from stack.servers import free_port, granian_command, stop_children, wait_for
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import redis  # noqa: E402
-
-from api.contract import STUDENTS  # noqa: E402
-from api.settings import Settings  # noqa: E402
-from bench.machine import machine  # noqa: E402
-from bench.wrk import random_students  # noqa: E402
-from seeder.generate import FIRST_STUDENT_ID  # noqa: E402
-from stack.servers import free_port, granian_command, stop_children, wait_for  # noqa: E402
 
 # name: (app factory, environment it runs with)
 APPS = {
@@ -51,7 +50,9 @@ def answers(port: int, path: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.api", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--seconds", type=int, default=10, help="length of one wrk run")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per app")
     parser.add_argument("--connections", type=int, default=256)
@@ -125,7 +126,7 @@ def markdown(results: dict[str, list[dict[str, float]]], args: argparse.Namespac
     facts = "\n".join(f"| {k} | {v} |" for k, v in machine(settings))
     return f"""# One replica: surge vs the bare handler ({datetime.date.today().isoformat()})
 
-Command: `make bench` (this part: `.venv/bin/python bench/api.py --seconds {args.seconds} \
+Command: `make bench` (this part: `.venv/bin/python -m bench.api --seconds {args.seconds} \
 --rounds {args.rounds} --connections {args.connections}`), against the stores `make up` seeded.
 Load: `wrk -t1 -c{args.connections}` with random student ids over {settings.students:,} records,
 straight to one Granian worker each (no nginx), rounds alternating between the two apps.

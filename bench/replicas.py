@@ -34,18 +34,17 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import redis
+
+from api.contract import STUDENTS
+from api.settings import Settings
+from bench.machine import machine
+from bench.wrk import random_students
+from seeder.generate import FIRST_STUDENT_ID
+from stack.launcher import Layout, Stack, default_replicas, spare_env
+from stack.servers import HOST
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # run as a script from a checkout: `import api, bench, stack`
-
-import redis  # noqa: E402
-
-from api.contract import STUDENTS  # noqa: E402
-from api.settings import Settings  # noqa: E402
-from bench.machine import machine  # noqa: E402
-from bench.wrk import random_students  # noqa: E402
-from seeder.generate import FIRST_STUDENT_ID  # noqa: E402
-from stack.launcher import Layout, Stack, default_replicas, spare_env  # noqa: E402
-from stack.servers import HOST  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -158,7 +157,9 @@ def measure(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.replicas", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--replicas", default="1,2,3", help="replica counts to compare")
     parser.add_argument("--seconds", type=int, default=10, help="length of one wrk run")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds")
@@ -263,7 +264,7 @@ nginx's error log over the whole benchmark (warm-ups and switches included):
 Command: `make bench`; this part, against seeded stores ({settings.students:,} students; Redis
 {settings.redis_url}):
 
-    .venv/bin/python bench/replicas.py --replicas {counts} --seconds {args.seconds} \
+    .venv/bin/python -m bench.replicas --replicas {counts} --seconds {args.seconds} \
 --rounds {args.rounds} --connections {args.connections}
 
 Load: `wrk -t1 -c{args.connections} -d{args.seconds}s -s bench/random_students.lua` through nginx

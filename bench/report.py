@@ -72,26 +72,23 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # run as a script from a checkout: `import api, bench, stack`
+import redis
 
-import redis  # noqa: E402
-
-from api.contract import LIVE_KEY, STUDENTS, parse_version  # noqa: E402
-from api.settings import Settings  # noqa: E402
-from bench import capacity_figures, recovery, report_render, tiers  # noqa: E402
-from bench.api import APPS as DIRECT_APPS  # noqa: E402
-from bench.api import answers  # noqa: E402
-from bench.client_series import ClientSeries  # noqa: E402
-from bench.floor import Floor  # noqa: E402
-from bench.machine import machine  # noqa: E402
-from bench.replicas import Topology as LauncherTopology  # noqa: E402
-from bench.replicas import busy_cores_seconds, cpu_seconds  # noqa: E402
-from bench.resources import Periodic, Probe, Resources, scrape, wait_copies  # noqa: E402
-from bench.wrk import random_students, wrk  # noqa: E402
-from seeder.generate import FIRST_STUDENT_ID  # noqa: E402
-from stack.nginx import NginxServer, knobs_from_env, local_values  # noqa: E402
-from stack.servers import (  # noqa: E402
+from api.contract import LIVE_KEY, STUDENTS, parse_version
+from api.settings import Settings
+from bench import capacity_figures, recovery, report_render, tiers
+from bench.api import APPS as DIRECT_APPS
+from bench.api import answers
+from bench.client_series import ClientSeries
+from bench.floor import Floor
+from bench.machine import machine
+from bench.replicas import Topology as LauncherTopology
+from bench.replicas import busy_cores_seconds, cpu_seconds
+from bench.resources import Periodic, Probe, Resources, scrape, wait_copies
+from bench.wrk import random_students, wrk
+from seeder.generate import FIRST_STUDENT_ID
+from stack.nginx import NginxServer, knobs_from_env, local_values
+from stack.servers import (
     HOST,
     child_pids,
     find_k6,
@@ -101,6 +98,8 @@ from stack.servers import (  # noqa: E402
     stop_children,
     wait_for,
 )
+
+ROOT = Path(__file__).resolve().parent.parent
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 K6 = find_k6()
@@ -1012,7 +1011,7 @@ def parse_only(raw: str | None) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short runs, small VU counts")
     parser.add_argument("--only", help=f"comma-separated steps of: {','.join(report_render.STEPS)}")
     parser.add_argument("--out", type=Path, default=OUT, help="where the report goes")
@@ -1046,7 +1045,7 @@ def main(argv: list[str] | None = None) -> int:
     command = (
         "make bench"
         if not argv and not args.quick and not args.only
-        else ("python bench/report.py " + " ".join(sys.argv[1:] if argv is None else argv))
+        else ("python -m bench " + " ".join(sys.argv[1:] if argv is None else argv))
     )
     results: dict[str, Any] = {
         "meta": {

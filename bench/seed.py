@@ -1,7 +1,7 @@
 """Benchmark: the full default seed (664,824 students + 500,000 bookings) into both stores.
 
-    python bench/seed.py                                   # throwaway servers of its own
-    python bench/seed.py --database-url URL --redis-url URL  # existing stores (data is replaced)
+    python -m bench.seed                                   # throwaway servers of its own
+    python -m bench.seed --database-url URL --redis-url URL  # existing stores (data is replaced)
 
 Each run is `seed(reset=True)`: generate, COPY into Postgres, fill Redis from Postgres. Then one
 run with the same parameters shows what an in-sync re-run costs. The figures are printed and
@@ -16,20 +16,18 @@ import argparse
 import dataclasses
 import datetime
 import statistics
-import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as a script from a checkout: `import api, seeder, stack`
+from api.settings import Settings
+from bench.machine import machine
+from seeder import SeedReport, seed
+from seeder.core import run
+from seeder.progress import PlainReporter
 
-from api.settings import Settings  # noqa: E402
-from bench.machine import machine  # noqa: E402
-from seeder import SeedReport, seed  # noqa: E402
-from seeder.core import run  # noqa: E402
-from seeder.progress import PlainReporter  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @contextmanager
@@ -60,7 +58,7 @@ def markdown(
     lines = [
         f"# Seed benchmark, {datetime.date.today().isoformat()}",
         "",
-        f"`python bench/seed.py` — {settings.students:,} students and {settings.bookings:,} "
+        f"`python -m bench.seed` — {settings.students:,} students and {settings.bookings:,} "
         f"bookings (seed {settings.seed}) into Postgres (COPY) and Redis (from Postgres), "
         f"`seed(reset=True)` in-process, {len(runs)} run(s).",
         "",
@@ -98,7 +96,9 @@ def markdown(
 
 def main(argv: list[str] | None = None) -> int:
     defaults = Settings.from_env()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.seed", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--database-url", help="existing Postgres (default: start one)")
     parser.add_argument("--redis-url", help="existing Redis (default: start one)")
     parser.add_argument("--students", type=int, default=defaults.students)
