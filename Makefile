@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 # down/status/clean must work even before (or without) `make deps`: stack's stop path is stdlib.
 PY_ANY = $(if $(wildcard $(PY)),$(PY),python3)
 
-.PHONY: help deps up restart down status seed test lint bench capacity clean
+.PHONY: help deps up restart down status seed test test-unit lint bench capacity clean
 
 help: ## List the targets
 	@echo "usage: make <target>   (env: SURGE_STUDENTS, SURGE_BOOKINGS, SURGE_REPLICAS)"
@@ -34,8 +34,11 @@ status: ## Show what `make up` started and whether it answers
 seed: deps ## (Re)seed the running stores; SEED_ARGS passes options to the seeder
 	@$(VENV)/bin/surge-seed $(SEED_ARGS)
 
-test: deps ## Run the test suite against real Postgres and Redis (started by the tests)
+test: deps ## Every test: unit, integration (real Postgres, Redis) and e2e (the local stack)
 	@$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test-unit: deps ## The tests that need no server (tests/unit), in seconds
+	@$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
 
 lint: deps ## ruff check, ruff format --check, mypy --strict on api, seeder, stack, bench/capacity.py
 	@$(VENV)/bin/ruff check .

@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -114,28 +113,30 @@ def seeded(settings: Settings) -> Any:
     return report
 
 
-def _revive(when: str, nodeid: str) -> None:
+def _stopped_servers() -> list[str]:
+    """Session servers that are not running; each is started again (and Redis reseeded, as it
+    comes back empty), so that one test's failure does not become every next test's."""
+    stopped = []
     for name, server in list(_Session.servers.items()):
         if server.running:
             continue
-        warnings.warn(f"{name} was left stopped ({when} {nodeid}); starting it again", stacklevel=1)
+        stopped.append(name)
         server.start()
         if name == "redis" and _Session.seeded and _Session.settings is not None:
             from seeder import seed
 
-            seed(_Session.settings)  # a restarted test Redis is empty
+            seed(_Session.settings)
+    return stopped
 
 
 @pytest.fixture(autouse=True)
-def _session_servers_running(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Start again any session server a test left stopped, so one test cannot break the next.
-
-    Before the test (for function-scoped users) and after it (so module-scoped fixtures set up
-    before the next module's first test find the servers running).
-    """
-    _revive("before", request.node.nodeid)
+def _session_servers_left_running(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test that leaves a session server stopped fails (the server is started again for
+    the tests after it)."""
     yield
-    _revive("after", request.node.nodeid)
+    stopped = _stopped_servers()
+    if stopped:
+        pytest.fail(f"{request.node.nodeid} left {', '.join(stopped)} stopped", pytrace=False)
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -6,13 +6,12 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import psycopg
 import pytest
 from litestar.testing import TestClient
 
-from api.app import create_app
 from api.contract import BOOKINGS, DATASETS, STUDENTS, Dataset
 from seeder import seed
 from seeder.postgres import APPLICATION_NAME, STAGING_SCHEMA
@@ -21,12 +20,6 @@ from seeder.redis_fill import live_version, stale_keys
 # A fallback read must not wait for a load (seconds at full size), only for the swap.
 FALLBACK_BOUND_S = 1.0
 DEADLINE_S = 60.0
-
-
-@pytest.fixture
-def client(settings, seeded) -> Iterator[TestClient]:
-    with TestClient(app=create_app(settings)) as client:
-        yield client
 
 
 def ids_of(pg: psycopg.Connection, dataset: Dataset, count: int) -> list:

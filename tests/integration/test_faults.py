@@ -7,10 +7,8 @@ import time
 import psycopg
 import pytest
 import redis
-from litestar.testing import TestClient
 
 import seeder
-from api.app import create_app
 from api.contract import STUDENTS
 
 # The settings' Redis timeout is 0.1 s; a fallback must not take redis-py's default 5 s.
@@ -18,12 +16,6 @@ FALLBACK_BOUND_S = 0.5
 # psycopg_pool waits SURGE_PG_WAIT_TIMEOUT (0.5 s) for a connection, then 503.
 UNAVAILABLE_BOUND_S = 1.5
 RECOVERY_BOUND_S = 5.0
-
-
-@pytest.fixture
-def client(settings, seeded):
-    with TestClient(app=create_app(settings)) as client:
-        yield client
 
 
 def timed_get(client, path):

@@ -39,7 +39,7 @@ import yaml
 from stack.nginx import NginxServer, local_values
 from stack.servers import HOST, free_port, granian_command, wait_for
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MONITORING = ROOT / "monitoring"
 PROMETHEUS_YML = MONITORING / "prometheus" / "prometheus.yml"
 

@@ -4,33 +4,19 @@ every replica, bounded in bytes, and HTTP caching (ETag, 304, Cache-Control)."""
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
 from litestar.testing import TestClient
 from polling import poll
+from replica import replica
 
-from api.app import create_app
 from api.contract import BOOKINGS, DATASETS, LIVE_KEY, STUDENTS
-from api.local_cache import ENTRY_OVERHEAD, LocalCache
-from api.settings import Settings
 
 TOKEN = "test-admin-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-@contextmanager
-def replica(settings: Settings, **changes: Any) -> Iterator[TestClient]:
-    """An app as a replica runs it, its own copy warmed from Redis before the test uses it."""
-    app = create_app(dataclasses.replace(settings, **changes))
-    with TestClient(app=app) as client:
-        lookup = app.state.lookup
-        poll(lambda: all(t.done() for t in lookup._warmers.values()), 10, "warm-up")
-        yield client
 
 
 def lookups(client: TestClient, outcome: str) -> float:
@@ -250,24 +236,3 @@ def test_a_small_budget_bounds_the_copy(settings, seeded):
             settings.students + settings.bookings
         )
         assert client.get("/students/10000").status_code == 200  # the rest from Redis
-
-
-def test_local_cache_evicts_oldest_and_keeps_one_version():
-    body = b"x" * 80
-    cache = LocalCache(max_bytes=3 * (len(body) + ENTRY_OVERHEAD))
-    cache.switch("students", 1)
-    for record_id in range(5):
-        cache.put("students", 1, record_id, body)
-    assert cache.records("students") == 3
-    assert cache.get("students", 0) is None and cache.get("students", 4) == body
-    assert cache.used == 3 * (len(body) + ENTRY_OVERHEAD)
-    cache.put("students", 2, 9, body)  # read for a version no longer (or not yet) live
-    assert cache.get("students", 9) is None
-    cache.discard("students", 4)
-    assert cache.get("students", 4) is None and cache.used == 2 * (len(body) + ENTRY_OVERHEAD)
-    cache.switch("students", 2)
-    assert cache.records("students") == 0 and cache.used == 0
-    too_big = LocalCache(max_bytes=10)
-    too_big.switch("students", 1)
-    too_big.put("students", 1, 1, body)
-    assert too_big.records("students") == 0 and too_big.used == 0

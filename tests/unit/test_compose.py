@@ -27,10 +27,10 @@ from api.contract.dataset import REDIS_HASH_CONFIG
 from api.settings import Settings, env_name
 from stack.nginx import DEFAULTS, LAYOUT, SERVER_PARAMS, TEMPLATE, NginxServer, placeholders
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose.yaml"
 # The Compose Specification's JSON schema (compose-spec/compose-spec, schema/compose-spec.json).
-SCHEMA = Path(__file__).resolve().parent / "schemas" / "compose-spec.json"
+SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "compose-spec.json"
 
 PUBLISHERS = {"nginx", "grafana", "prometheus"}
 NO_HEALTHCHECK = {"nginx-exporter": "FROM scratch image: no shell or HTTP client to run a check"}

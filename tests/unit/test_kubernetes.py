@@ -38,7 +38,7 @@ from api.settings import Settings, env_name
 from stack.nginx import DEFAULTS, LAYOUT, SERVER_PARAMS, TEMPLATE, NginxServer, placeholders
 from stack.servers import GRANIAN_STOP_TIMEOUT
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "kubernetes"
 BASE = K8S / "base"
 OVERLAYS = sorted(p.parent for p in (K8S / "overlays").glob("*/kustomization.yaml"))

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from litestar.testing import TestClient
+from replica import replica
 
 from api.app import create_app
 from api.contract import DATASETS, STUDENTS
@@ -21,7 +21,8 @@ PROBLEM_TYPE = "application/problem+json"
 
 @pytest.fixture(scope="module")
 def client(settings, seeded) -> Iterator[TestClient]:
-    with TestClient(app=create_app(dataclasses.replace(settings, admin_token=TOKEN))) as client:
+    """The admin routes exist only with a token: this module's replica has one."""
+    with replica(settings, admin_token=TOKEN) as client:
         yield client
 
 

@@ -13,13 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from api.app import create_app
 from api.metrics import route_of
 
-DOCUMENTED = (Path(__file__).parents[1] / "docs/metrics.md").read_text(encoding="utf-8")
-
-
-@pytest.fixture(scope="module")
-def client(settings, seeded):
-    with TestClient(app=create_app(settings)) as client:
-        yield client
+DOCUMENTED = (Path(__file__).parents[2] / "docs/metrics.md").read_text(encoding="utf-8")
 
 
 def samples(client) -> dict[tuple[str, frozenset], float]:

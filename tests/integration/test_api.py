@@ -6,20 +6,11 @@ import random
 import re
 
 import pytest
-from litestar.testing import TestClient
 from swagger_ui_bundle import swagger_ui_path
 
-from api.app import create_app, readiness
 from api.contract import BOOKINGS, STUDENTS, Dataset
-from api.lookup import NegativeCache
 
 PROBLEM_TYPE = "application/problem+json"
-
-
-@pytest.fixture(scope="module")
-def client(settings, seeded):
-    with TestClient(app=create_app(settings)) as client:
-        yield client
 
 
 def sample_ids(pg, dataset: Dataset, count: int) -> list:
@@ -112,26 +103,6 @@ def test_unknown_id_is_404_and_remembered(client, pg, path, absent_row):
         assert_problem(client.get(path.format(unknown)), 404)
 
 
-def test_negative_cache_keeps_only_live_entries_and_at_most_its_size():
-    # ttl 0: every entry is dead as soon as it is added, so each add drops the one before it.
-    # (Before, dead entries stayed until `size` forced them out: replica memory rose ~1 MB a
-    # minute in the soak.)
-    dead_at_once = NegativeCache(ttl=0.0, size=100_000)
-    for i in range(1_000):
-        dead_at_once.add(("students", i))
-    assert len(dead_at_once) == 1
-    assert ("students", 999) not in dead_at_once
-
-    bounded = NegativeCache(ttl=3600.0, size=10)
-    for i in range(25):
-        bounded.add(("students", i))
-    bounded.add(("students", 20))  # re-added: now the newest, not the oldest
-    assert len(bounded) == 10
-    assert [("students", i) in bounded for i in (14, 15, 20, 24)] == [False, True, True, True]
-    bounded.add(("students", 99))
-    assert ("students", 15) not in bounded and ("students", 20) in bounded
-
-
 BAD_STUDENT_IDS = [
     "abc",
     "-1",
@@ -195,22 +166,6 @@ def test_health_and_ready(client):
     assert ready.status_code == 200
     components = {"redis": "up", "postgres": "up", "copy": "off"}  # the session's copy is off
     assert ready.json() == {"status": "ready", "components": components}
-
-
-@pytest.mark.parametrize(
-    ("redis", "postgres", "copy", "status"),
-    [
-        ("up", "up", "partial", "ready"),
-        ("down", "up", "off", "degraded"),
-        ("up", "down", "partial", "degraded"),
-        ("down", "down", "complete", "degraded"),  # the copy answers every known record
-        ("down", "down", "partial", "not ready"),
-        ("down", "down", "off", "not ready"),
-    ],
-)
-def test_ready_means_able_to_answer(redis, postgres, copy, status):
-    state = readiness({"redis": redis, "postgres": postgres, "copy": copy})
-    assert state.status == status
 
 
 def test_openapi_schema_and_docs_page(client):

@@ -14,7 +14,7 @@ from polling import poll
 from api.contract import DATASETS, LIVE_KEY, MARKER_KEY, STUDENTS
 from seeder import redis_fill
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_a_flushed_redis_is_refilled_without_anyone_asking(settings, seeded, rds, pg, tmp_path):
