@@ -22,10 +22,11 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+from nginx_check import check_with_local_layout
 
 from api.contract.dataset import REDIS_HASH_CONFIG
 from api.settings import Settings, env_name
-from stack.nginx import DEFAULTS, LAYOUT, SERVER_PARAMS, TEMPLATE, NginxServer, placeholders
+from stack.nginx import DEFAULTS, SERVER_PARAMS, TEMPLATE, placeholders
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose.yaml"
@@ -322,20 +323,7 @@ def test_nginx_template_renders_with_compose_values(tmp_path: Path) -> None:
         SERVICES["nginx-exporter"]["command"]
     )
     assert values["SURGE_NGINX_STATUS_LISTEN"] in " ".join(nginx["healthcheck"]["test"])
-    # The local nginx (Debian 1.22) has no `resolve`, and the compose paths belong to the image:
-    # swap only those for local ones; every compose knob value goes to the real nginx -t.
-    local = {
-        **values,
-        "SURGE_NGINX_LISTEN": "127.0.0.1:1",
-        "SURGE_NGINX_STATUS_LISTEN": "127.0.0.1:2",
-        "SURGE_NGINX_UPSTREAM": f"server 127.0.0.1:8000 {SERVER_PARAMS};",
-        "SURGE_NGINX_PID": str(tmp_path / "nginx.pid"),
-        "SURGE_NGINX_ERROR_LOG": str(tmp_path / "error.log"),
-        "SURGE_NGINX_ACCESS_LOG_PATH": str(tmp_path / "access.log"),
-        "SURGE_NGINX_TEMP_DIR": str(tmp_path / "tmp"),
-    }
-    assert set(local) - set(values) == set() and set(LAYOUT) <= set(local)
-    assert "test is successful" in NginxServer(tmp_path, local).check()
+    assert "test is successful" in check_with_local_layout(values, tmp_path)
 
 
 def test_prometheus_scrapes_every_replica_and_exporter() -> None:

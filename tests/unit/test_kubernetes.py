@@ -31,11 +31,12 @@ import granian.cli
 import kubernetes_validate
 import pytest
 import yaml
+from nginx_check import check_with_local_layout
 from test_compose import SERVICES, env_of
 
 from api.app import create_app
 from api.settings import Settings, env_name
-from stack.nginx import DEFAULTS, LAYOUT, SERVER_PARAMS, TEMPLATE, NginxServer, placeholders
+from stack.nginx import DEFAULTS, SERVER_PARAMS, TEMPLATE, placeholders
 from stack.servers import GRANIAN_STOP_TIMEOUT
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -563,20 +564,7 @@ def test_nginx_renders_the_compose_template(target: Path, tmp_path: Path) -> Non
     for key in ("SURGE_NGINX_ERROR_LOG", "SURGE_NGINX_ACCESS_LOG_PATH"):
         assert values[key].startswith("/dev/std"), key
 
-    # nginx -t on the template with these values; only the layout becomes local (Debian's
-    # nginx 1.22 has no `resolve`, and the paths belong to the image), as in test_compose.
-    local = {
-        **values,
-        "SURGE_NGINX_LISTEN": "127.0.0.1:1",
-        "SURGE_NGINX_STATUS_LISTEN": "127.0.0.1:2",
-        "SURGE_NGINX_UPSTREAM": f"server 127.0.0.1:8000 {SERVER_PARAMS};",
-        "SURGE_NGINX_PID": str(tmp_path / "nginx.pid"),
-        "SURGE_NGINX_ERROR_LOG": str(tmp_path / "error.log"),
-        "SURGE_NGINX_ACCESS_LOG_PATH": str(tmp_path / "access.log"),
-        "SURGE_NGINX_TEMP_DIR": str(tmp_path / "tmp"),
-    }
-    assert set(local) == set(values) and set(LAYOUT) <= set(local)
-    assert "test is successful" in NginxServer(tmp_path, local).check()
+    assert "test is successful" in check_with_local_layout(values, tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------
