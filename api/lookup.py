@@ -313,7 +313,10 @@ class Lookup:
             dataset.name, version, _source(seeded)
         ):
             log.info("local copy of %s kept as v%d (the same Postgres load)", dataset.name, version)
-            return
+            if self.local.datasets[dataset.name].complete:
+                return
+            # A copy still short of records (warmed while Redis lacked some): copy the rest;
+            # the warm-up skips what the copy holds.
         self._warm(dataset)
 
     def _forget_refreshed(self, fields: dict[bytes, bytes]) -> None:

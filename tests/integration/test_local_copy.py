@@ -204,6 +204,24 @@ def test_a_refill_from_the_same_postgres_load_keeps_the_copy(copy_on, rds, setti
     assert lookups(copy_on, "local_hit") == hits + 1
 
 
+def test_a_copy_short_of_records_is_completed_after_a_refill(rds, settings, seeded, restore):
+    """A copy warmed while Redis lacked a record (a cold Redis being written back) is kept by a
+    refill from the same Postgres load, and the warm-up then copies what it lacks."""
+    from seeder import seed
+
+    rds.hdel(*STUDENTS.live_slot(rds, 10_050))
+    with replica(settings, local_cache_mb=64) as client:
+        local = client.app.state.lookup.local
+        assert not local.datasets[STUDENTS.name].complete
+        assert local.records(STUDENTS.name) == settings.students - 1
+        rds.flushall()
+        seed(settings)
+        new_version = int(rds.hget(LIVE_KEY, STUDENTS.name))
+        poll(lambda: local.datasets[STUDENTS.name].complete, 10, "the copy completed")
+        assert local.datasets[STUDENTS.name].version == new_version
+        assert local.records(STUDENTS.name) == settings.students
+
+
 def test_a_refresh_reaches_every_replica(copy_on, settings, pg, rds):
     """POST /admin/{dataset}/{id}/refresh on one replica: every other drops its copy of that
     record within the live-version refresh interval (they read surge:refreshed with it)."""
