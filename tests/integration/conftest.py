@@ -16,3 +16,11 @@ from api.settings import Settings
 def client(settings: Settings, seeded: Any) -> Iterator[TestClient]:
     with replica(settings) as client:
         yield client
+
+
+@pytest.fixture
+def fresh(settings: Settings, seeded: Any) -> Iterator[TestClient]:
+    """A replica started for this test alone: no circuit, pool or cache state from a fault an
+    earlier test caused (the fault tests, the reseed tests)."""
+    with replica(settings) as client:
+        yield client

@@ -18,9 +18,9 @@ UNAVAILABLE_BOUND_S = 1.5
 RECOVERY_BOUND_S = 5.0
 
 
-def timed_get(client, path):
+def timed_get(fresh, path):
     started = time.monotonic()
-    response = client.get(path)
+    response = fresh.get(path)
     return response, time.monotonic() - started
 
 
@@ -34,17 +34,17 @@ def poll_until(condition, timeout: float) -> float:
     return time.monotonic() - started
 
 
-def test_redis_down_falls_back_to_postgres_then_returns(client, settings, redis_server):
+def test_redis_down_falls_back_to_postgres_then_returns(fresh, settings, redis_server):
     ids = range(10_100, 10_130)
-    expected = {i: client.get(f"/students/{i}").content for i in ids}
+    expected = {i: fresh.get(f"/students/{i}").content for i in ids}
     redis_server.stop()
     try:
         for i in ids:
-            response, elapsed = timed_get(client, f"/students/{i}")
+            response, elapsed = timed_get(fresh, f"/students/{i}")
             assert response.status_code == 200
             assert response.content == expected[i]
             assert elapsed < FALLBACK_BOUND_S, f"fallback took {elapsed:.3f} s"
-        ready = client.get("/ready")  # still answering: degraded, not out of service
+        ready = fresh.get("/ready")  # still answering: degraded, not out of service
         assert ready.status_code == 200 and ready.json()["status"] == "degraded"
         assert ready.json()["components"] == {"redis": "down", "postgres": "up", "copy": "off"}
     finally:
@@ -56,34 +56,34 @@ def test_redis_down_falls_back_to_postgres_then_returns(client, settings, redis_
     probe_id = 10_200
 
     def back_on_redis() -> bool:
-        assert client.get(f"/students/{probe_id}").status_code == 200
+        assert fresh.get(f"/students/{probe_id}").status_code == 200
         return rds.hget(*STUDENTS.live_slot(rds, probe_id)) is not None
 
     poll_until(back_on_redis, RECOVERY_BOUND_S)
-    assert client.get("/ready").status_code == 200
+    assert fresh.get("/ready").status_code == 200
     rds.close()
     seeder.seed(settings)  # refill what the restart dropped, for the tests that follow
 
 
-def test_postgres_down_serves_cached_and_503s_uncached(client, settings, postgres_server):
+def test_postgres_down_serves_cached_and_503s_uncached(fresh, settings, postgres_server):
     cached_id, uncached_id = 10_300, 10_301
     rds = redis.Redis.from_url(settings.redis_url)
-    assert client.get(f"/students/{cached_id}").status_code == 200
+    assert fresh.get(f"/students/{cached_id}").status_code == 200
     rds.hdel(*STUDENTS.live_slot(rds, uncached_id))
     postgres_server.stop()
     try:
-        response, _ = timed_get(client, f"/students/{cached_id}")
+        response, _ = timed_get(fresh, f"/students/{cached_id}")
         assert response.status_code == 200
-        response, elapsed = timed_get(client, f"/students/{uncached_id}")
+        response, elapsed = timed_get(fresh, f"/students/{uncached_id}")
         assert response.status_code == 503
         assert response.headers["retry-after"].isdigit()
         assert response.headers["content-type"].startswith("application/problem+json")
         assert elapsed < UNAVAILABLE_BOUND_S, f"503 took {elapsed:.3f} s"
-        assert client.get("/ready").json()["components"]["postgres"] == "down"
+        assert fresh.get("/ready").json()["components"]["postgres"] == "down"
     finally:
         postgres_server.start()
 
-    poll_until(lambda: client.get(f"/students/{uncached_id}").status_code == 200, RECOVERY_BOUND_S)
+    poll_until(lambda: fresh.get(f"/students/{uncached_id}").status_code == 200, RECOVERY_BOUND_S)
     with psycopg.connect(settings.database_url) as conn:
         assert conn.execute("SELECT count(*) FROM students").fetchone()[0] == settings.students
     rds.close()
@@ -132,45 +132,45 @@ def test_redis_timeouts_fall_back_without_opening_the_circuit(settings):
     assert opened and calls == settings.redis_breaker_failures
 
 
-def test_a_full_redis_refuses_write_backs_at_no_cost(client, rds):
+def test_a_full_redis_refuses_write_backs_at_no_cost(fresh, rds):
     """maxmemory reached with noeviction (both launchers' policy): Redis refuses the write-back
     of a miss; the request is answered from Postgres all the same, the refusal is counted, and
     the circuit stays closed (Redis is not failing: reads still work)."""
     student = 10_401
     key, field = STUDENTS.live_slot(rds, student)
-    expected = client.get(f"/students/{student}").content
+    expected = fresh.get(f"/students/{student}").content
     assert rds.hdel(key, field) == 1
-    lookup = client.app.state.lookup
+    lookup = fresh.app.state.lookup
     refused = lookup.metrics.redis_refused_write.value
     policy = rds.config_get("maxmemory-policy")["maxmemory-policy"]
     rds.config_set("maxmemory-policy", "noeviction")
     rds.config_set("maxmemory", "1")  # anything already stored is over it
     try:
         for _ in range(5):
-            response = client.get(f"/students/{student}")
+            response = fresh.get(f"/students/{student}")
             assert response.status_code == 200 and response.content == expected
         assert lookup.metrics.redis_refused_write.value == refused + 5
         assert lookup.breaker.failures == 0 and not lookup.breaker.is_open
         assert rds.hget(key, field) is None
-        assert client.get("/students/10000").status_code == 200  # reads go on as before
+        assert fresh.get("/students/10000").status_code == 200  # reads go on as before
     finally:
         rds.config_set("maxmemory", "0")
         rds.config_set("maxmemory-policy", policy)
-    assert client.get(f"/students/{student}").content == expected
+    assert fresh.get(f"/students/{student}").content == expected
     assert rds.hget(key, field) == expected  # room again: written back
 
 
-def test_ready_is_503_only_when_nothing_can_answer(client, settings, redis_server, postgres_server):
+def test_ready_is_503_only_when_nothing_can_answer(fresh, settings, redis_server, postgres_server):
     """Both stores gone and no complete copy (the session's copy is off): 503 "not ready", the
     one state in which an orchestrator should stop sending this replica requests."""
     redis_server.stop()
     postgres_server.stop()
     try:
-        ready = client.get("/ready")
+        ready = fresh.get("/ready")
         assert ready.status_code == 503 and ready.json()["status"] == "not ready"
         assert ready.headers["content-type"].startswith("application/json")
     finally:
         postgres_server.start()
         redis_server.start()
-    poll_until(lambda: client.get("/ready").json()["status"] == "ready", RECOVERY_BOUND_S)
+    poll_until(lambda: fresh.get("/ready").json()["status"] == "ready", RECOVERY_BOUND_S)
     seeder.seed(settings)  # Redis came back empty

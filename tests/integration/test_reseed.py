@@ -45,9 +45,9 @@ def poll_until(condition: Callable[[], bool], timeout: float, what: str) -> None
 class Hammer(threading.Thread):
     """GETs the given paths round and round until stopped, keeping every (path, status, body)."""
 
-    def __init__(self, client: TestClient, paths: list[str]) -> None:
+    def __init__(self, fresh: TestClient, paths: list[str]) -> None:
         super().__init__(daemon=True)
-        self.client, self.paths = client, paths
+        self.fresh, self.paths = fresh, paths
         self.stop = threading.Event()
         self.responses: list[tuple[str, int, bytes]] = []
 
@@ -55,20 +55,20 @@ class Hammer(threading.Thread):
         deadline = time.monotonic() + DEADLINE_S
         while not self.stop.is_set() and time.monotonic() < deadline:
             for path in self.paths:
-                response = self.client.get(path)
+                response = self.fresh.get(path)
                 self.responses.append((path, response.status_code, response.content))
 
 
-def test_reseed_under_reads_serves_old_or_new_and_fails_nothing(client, settings, pg, rds, restore):
+def test_reseed_under_reads_serves_old_or_new_and_fails_nothing(fresh, settings, pg, rds, restore):
     paths, old = [], {}
     for dataset in DATASETS:
         for record_id in ids_of(pg, dataset, 20):
             path = f"/{dataset.name}/{record_id}"
             paths.append(path)
-            old[path] = (dataset, record_id, client.get(path).content)
+            old[path] = (dataset, record_id, fresh.get(path).content)
     versions_before = {d.name: live_version(rds, d) for d in DATASETS}
 
-    hammer = Hammer(client, paths)
+    hammer = Hammer(fresh, paths)
     hammer.start()
     try:
         poll_until(lambda: len(hammer.responses) > len(paths), 10, "hammer started")
@@ -78,7 +78,9 @@ def test_reseed_under_reads_serves_old_or_new_and_fails_nothing(client, settings
         student_path = next(p for p in paths if p.startswith("/students/"))
         # The replica switches within its refresh interval: wait until it serves the new data.
         poll_until(
-            lambda: client.get(student_path).content == new[student_path], 5, "replica switched"
+            lambda: fresh.get(student_path).content == new[student_path],
+            5,
+            "replica switched",
         )
         seen = len(hammer.responses)
         poll_until(lambda: len(hammer.responses) > seen + len(paths), 10, "reads after switch")
@@ -117,7 +119,7 @@ def loading(pg: psycopg.Connection) -> bool:
     ).fetchone()[0]
 
 
-def test_postgres_reads_are_not_blocked_by_a_load(client, settings, pg, rds, restore):
+def test_postgres_reads_are_not_blocked_by_a_load(fresh, settings, pg, rds, restore):
     # Big enough that the load takes a while (the old TRUNCATE-and-COPY held every reader for
     # all of it), small enough for the suite: ~1 s of COPY and key builds.
     bigger = dataclasses.replace(settings, students=100_000)
@@ -137,7 +139,7 @@ def test_postgres_reads_are_not_blocked_by_a_load(client, settings, pg, rds, res
     while loading(pg):
         rds.hdel(*STUDENTS.live_slot(rds, record_id))  # a miss: the API reads Postgres
         started = time.monotonic()
-        response = client.get(f"/students/{record_id}")
+        response = fresh.get(f"/students/{record_id}")
         timings.append(time.monotonic() - started)
         assert response.status_code == 200, response.text
         record_id += 1
