@@ -106,6 +106,13 @@ class LocalCache:
             self.used -= cache.bytes
         self.datasets[dataset] = DatasetCache(version)
 
+    def drop(self, dataset: str) -> None:
+        """Forget every record of a dataset (the next switch() starts a new copy)."""
+        cache = self.datasets.get(dataset)
+        if cache is not None:
+            self.used -= cache.bytes
+            self.datasets[dataset] = DatasetCache(-1)
+
     def discard(self, dataset: str, record_id: Any) -> None:
         """A record was corrected (or removed) in the stores: serve it from them again."""
         cache = self.datasets.get(dataset)

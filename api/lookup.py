@@ -288,7 +288,7 @@ class Lookup:
             log.info("live dataset versions: %s", live)
             # Records absent from the old version may exist in the new one.
             self.unknown.clear()
-            self.live = live
+            previous, self.live = self.live, live
             for dataset in DATASETS:
                 version = live[dataset.name]
                 # Back to "unseeded" means Redis restarted empty or was flushed: the records
@@ -296,7 +296,10 @@ class Lookup:
                 # here), so the copy stays while Redis refills.
                 if version == UNSEEDED_VERSION:
                     continue
-                if self.local.datasets[dataset.name].version != version:
+                # After a flush, version numbers start again: the same number may now hold
+                # another load's records, so the copy is checked against the marker too.
+                refilled = previous[dataset.name] == UNSEEDED_VERSION
+                if refilled or self.local.datasets[dataset.name].version != version:
                     await self._copy_version(dataset, version)
         return True
 
@@ -313,10 +316,12 @@ class Lookup:
             dataset.name, version, _source(seeded)
         ):
             log.info("local copy of %s kept as v%d (the same Postgres load)", dataset.name, version)
-            if self.local.datasets[dataset.name].complete:
-                return
-            # A copy still short of records (warmed while Redis lacked some): copy the rest;
-            # the warm-up skips what the copy holds.
+            if not self.local.datasets[dataset.name].complete:
+                # Warmed while Redis lacked records: copy the rest (a warm-up skips what the
+                # copy holds).
+                self._warm(dataset)
+            return
+        self.local.drop(dataset.name)  # another load's records: none of them may stay
         self._warm(dataset)
 
     def _forget_refreshed(self, fields: dict[bytes, bytes]) -> None:

@@ -4,6 +4,7 @@ every replica, bounded in bytes, and HTTP caching (ETag, 304, Cache-Control)."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -214,12 +215,32 @@ def test_a_copy_short_of_records_is_completed_after_a_refill(rds, settings, seed
         local = client.app.state.lookup.local
         assert not local.datasets[STUDENTS.name].complete
         assert local.records(STUDENTS.name) == settings.students - 1
-        rds.flushall()
+        old_version = int(rds.hget(LIVE_KEY, STUDENTS.name))
+        rds.delete(*rds.keys(STUDENTS.version_pattern(old_version)))  # the seeder refills
         seed(settings)
         new_version = int(rds.hget(LIVE_KEY, STUDENTS.name))
+        assert new_version != old_version
         poll(lambda: local.datasets[STUDENTS.name].complete, 10, "the copy completed")
         assert local.datasets[STUDENTS.name].version == new_version
         assert local.records(STUDENTS.name) == settings.students
+
+
+def test_a_flush_then_another_load_under_the_same_version_number_replaces_the_copy(
+    copy_on, rds, settings, restore
+):
+    """FLUSHALL loses the version counter: a seed with other data after it fills version 1
+    again. The copy of the old load's version 1 must go, not be taken for the new one."""
+    from seeder import seed
+
+    local = copy_on.app.state.lookup.local
+    poll(lambda: local.datasets[STUDENTS.name].complete, 10, "complete copy")
+    before = copy_on.get("/students/10012").content
+    rds.flushall()
+    seed(dataclasses.replace(settings, seed=settings.seed + 1))
+    after = rds.hget(*STUDENTS.live_slot(rds, 10_012))
+    assert after is not None and after != before
+    poll(lambda: copy_on.get("/students/10012").content == after, 5, "the new load's record")
+    poll(lambda: local.datasets[STUDENTS.name].complete, 10, "a complete copy of the new load")
 
 
 def test_a_refresh_reaches_every_replica(copy_on, settings, pg, rds):
