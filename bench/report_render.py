@@ -71,6 +71,9 @@ class Target:
     goal: float
     higher_is_better: bool
     unit: str = ""
+    figure_only: bool = False
+    """Reported, never failing the bench (in an asserted step: a configuration shown beside
+    the asserted one)."""
 
     @property
     def met(self) -> bool:
@@ -258,18 +261,19 @@ def recovery_targets(steps: Mapping[str, Any]) -> list[Target]:
     for label, f in steps.get("redis_empty", {}).get("figures", {}).items():
         whole = f["whole_again_s"]
         lowest = f["lowest_rate_vs_load"]
+        # Asserted as surge runs (its copies on). Without copies every lookup reads Postgres
+        # until the refill, far below half the capacity: figures beside it, not assertions.
+        shown = label != "copy on"
         out += [
-            Target("redis_empty", f"{label}: failed requests", f["failed"], 0, False, "failed"),
+            Target("redis_empty", f"{label}: failed requests", f["failed"], 0, False, "failed",
+                   shown),
             Target("redis_empty", f"{label}: ≥ 90% served without Postgres again after",
-                   f["served_without_postgres_90_s"], REDIS_BACK_S, False, "s"),
+                   f["served_without_postgres_90_s"], REDIS_BACK_S, False, "s", shown),
             Target("redis_empty", f"{label}: Redis whole again after",
-                   float("inf") if whole is None else whole, REDIS_WHOLE_S, False, "s"),
+                   float("inf") if whole is None else whole, REDIS_WHOLE_S, False, "s", shown),
+            Target("redis_empty", f"{label}: lowest second's lookups / the load before",
+                   0.0 if lowest is None else lowest, LOWEST_RATE_SHARE, True, "%", shown),
         ]  # fmt: skip
-        if label == "copy on":  # without copies every lookup is a Postgres read until the refill
-            out.append(
-                Target("redis_empty", f"{label}: lowest second's lookups / the load before",
-                       0.0 if lowest is None else lowest, LOWEST_RATE_SHARE, True, "%")
-            )  # fmt: skip
     gone = steps.get("postgres_gone", {}).get("figures", {}).get("postgres gone")
     if gone:
         out += [
@@ -549,7 +553,7 @@ def probe_table(probe: Mapping[str, Mapping[str, Mapping[str, float]]]) -> str:
 
 
 def missed_assertions(results: Mapping[str, Any]) -> list[Target]:
-    return [t for t in targets(results) if t.step in ASSERTED and not t.met]
+    return [t for t in targets(results) if t.step in ASSERTED and not t.figure_only and not t.met]
 
 
 def markdown(results: Mapping[str, Any], charts: Iterable[str] = ()) -> str:
@@ -579,7 +583,8 @@ def markdown(results: Mapping[str, Any], charts: Iterable[str] = ()) -> str:
         "|---|---|---|---|",
     ]
     for t in found:
-        lines.append(f"| {t.step} | {t.name} | {t.describe()} | {why(t, results) or ''} |")
+        name = f"{t.name} (a figure, not asserted)" if t.figure_only else t.name
+        lines.append(f"| {t.step} | {name} | {t.describe()} | {why(t, results) or ''} |")
     if not found:
         lines.append("| - | no target could be evaluated | - | - |")
     met = sum(t.met for t in found)
