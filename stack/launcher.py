@@ -96,7 +96,7 @@ class Layout:
     SURGE_<FIELD> (SURGE_HTTP_PORT, SURGE_PROMETHEUS_PORT, ...); `run` from SURGE_RUN_DIR."""
 
     run: Path
-    """Data, logs, pid files, rendered configs (default: ./.run)."""
+    """Data, logs, supervisord's config and socket, rendered configs (default: ./.run)."""
     http_port: int = 8080
     """nginx, the public entry."""
     nginx_status_port: int = 8081
