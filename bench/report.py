@@ -235,10 +235,11 @@ class Measure(Periodic):
         self.last_used: dict[str, float] = {}
         self.loadgen_rss_mb = 0.0
         self.series: list[dict[str, float]] = []
+        self.ticks = 0
         return super().__enter__()
 
     def tick(self) -> None:
-        self.ticks = getattr(self, "ticks", 0) + 1
+        self.ticks += 1
         # A replica's /metrics costs it ~2 ms of CPU: every 5 s is enough for the pool's
         # waits, and keeps the sampler's own cost out of the CPU per request it measures.
         for port in self.ports.values() if self.ticks % 5 == 1 else ():

@@ -302,6 +302,21 @@ class Process:
         return self.state in RUNNING_STATES and self.pid is not None
 
 
+def _postgres_program(name: str, server: PostgresServer, command: list[str]) -> Program:
+    """A Postgres cluster (the primary or its standby) as a supervisord program."""
+    return Program(
+        name,
+        command,
+        PRIORITY[name],
+        server.port,
+        environment=server.environment,
+        user=server.system_user,
+        stop_signal="INT",  # fast shutdown: sessions rolled back, a checkpoint
+        stop_wait_s=30,
+        start_secs=2,
+    )
+
+
 class Stack:
     """One local stack: its layout, its supervisord, and the environment its processes get."""
 
@@ -402,47 +417,21 @@ class Stack:
 
     def programs(self, env: Mapping[str, str], n_replicas: int, monitoring: bool) -> list[Program]:
         """Everything this stack runs, as supervisord programs (prepares the stores' dirs)."""
-        from dataclasses import fields as settings_fields
-
         from api.settings import Settings
         from api.settings import env_name as setting_name
 
         layout = self.layout
         # Only what the replicas and the seeder read: a launcher knob (SURGE_REPLICAS, a port)
         # changing must not count as their settings changing, which restarts them.
-        read = {setting_name(f.name) for f in settings_fields(Settings)}
+        read = {setting_name(f.name) for f in fields(Settings)}
         surge = {k: v for k, v in env.items() if k in read}
         progs: list[Program] = []
         if self._own_postgres():
             pg = self.postgres()
-            progs.append(
-                Program(
-                    "postgres",
-                    pg.prepare(),
-                    PRIORITY["postgres"],
-                    pg.port,
-                    environment=pg.environment,
-                    user=pg.system_user,
-                    stop_signal="INT",  # fast shutdown: sessions rolled back, a checkpoint
-                    stop_wait_s=30,
-                    start_secs=2,
-                )
-            )
+            progs.append(_postgres_program("postgres", pg, pg.prepare()))
         if self._own_standby():
             sb = self.standby()
-            progs.append(
-                Program(
-                    "postgres-standby",
-                    sb.command(),
-                    PRIORITY["postgres-standby"],
-                    sb.port,
-                    environment=sb.environment,
-                    user=sb.system_user,
-                    stop_signal="INT",
-                    stop_wait_s=30,
-                    start_secs=2,
-                )
-            )
+            progs.append(_postgres_program("postgres-standby", sb, sb.command()))
         if self._own_redis():
             rd = self.redis()
             progs.append(

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stack.servers import ServerError, log_tail, pid_alive
+from stack.servers import ServerError, group_members, log_tail, pid_alive
 
 START_TIMEOUT = 15.0
 STOPPED_STATES = frozenset({"STOPPED", "EXITED", "FATAL"})
@@ -261,8 +261,6 @@ class Supervisor:
 
 def group_pids(pid: int) -> list[int]:
     """The process group a supervised program leads (supervisord gives each its own)."""
-    from stack.servers import group_members
-
     return group_members(pid) or ([pid] if pid_alive(pid) else [])
 
 

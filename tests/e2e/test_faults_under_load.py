@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import httpx
@@ -171,8 +171,7 @@ def kill(stack: LocalStack, name: str) -> float:
     before = stack.record(name)
     kill_group(before.pid, signal.SIGKILL)
     assert wait_gone(before.pid, 10), f"{name} survived SIGKILL"
-    launcher = stack.launcher_api
-    ready = launcher.redis().ready if name == "redis" else launcher.postgres().ready
+    ready = _ready(stack, name)
     return poll(
         lambda: (p := stack.record(name)).pid != before.pid and p.live and ready(),
         RECOVERY_S + 5,
@@ -187,9 +186,14 @@ def take_down(stack: LocalStack, name: str) -> None:
 
 
 def bring_back(stack: LocalStack, name: str) -> None:
+    stack.launcher_api.supervisor.start(name)
+    poll(_ready(stack, name), 30, name)
+
+
+def _ready(stack: LocalStack, name: str) -> Callable[[], bool]:
+    """Whether the store `name` (redis or postgres) of the stack accepts requests."""
     launcher = stack.launcher_api
-    launcher.supervisor.start(name)
-    poll(launcher.redis().ready if name == "redis" else launcher.postgres().ready, 30, name)
+    return launcher.redis().ready if name == "redis" else launcher.postgres().ready
 
 
 ALL_IDS = list(range(FIRST_STUDENT_ID, FIRST_STUDENT_ID + STUDENTS))
