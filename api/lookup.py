@@ -187,12 +187,12 @@ class Lookup:
                 retry=Retry(NoBackoff(), 0),
             )
         )
-        # The warm-up's own connection: its pipelines carry ~1,000 records, which a replica busy
-        # serving may take longer than SURGE_REDIS_TIMEOUT to read, and a timed-out warm-up
-        # would start over and fetch it all again.
+        # The warm-ups' own connections, one per dataset as they run side by side (a shared one
+        # made the second fail at once and start over): their pipelines carry ~1,000 records,
+        # which a replica busy serving may take longer than SURGE_REDIS_TIMEOUT to read.
         self.warm_redis = aioredis.Redis.from_url(
             settings.redis_url,
-            max_connections=1,
+            max_connections=len(DATASETS),
             socket_timeout=WARM_TIMEOUT_S,
             socket_connect_timeout=settings.redis_timeout,
             retry=Retry(NoBackoff(), 0),

@@ -275,3 +275,14 @@ def test_a_small_budget_bounds_the_copy(settings, seeded):
             settings.students + settings.bookings
         )
         assert client.get("/students/10000").status_code == 200  # the rest from Redis
+
+
+def test_both_datasets_warm_side_by_side_without_starting_over(settings, seeded, caplog):
+    """The warm-ups of the two datasets run at once: neither may find the other holding its
+    Redis connection (a shared one sent the second back to the start, again and again)."""
+    with caplog.at_level("INFO", logger="surge.lookup"), replica(settings, local_cache_mb=64):
+        pass
+    messages = [r.getMessage() for r in caplog.records if r.name == "surge.lookup"]
+    assert not [m for m in messages if "interrupted" in m], messages
+    for dataset in DATASETS:
+        assert any(m.startswith(f"local copy of {dataset.name} ") for m in messages), messages
