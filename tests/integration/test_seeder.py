@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from api.contract import BOOKINGS, DATASETS, STUDENTS, Dataset
-from seeder import seed
+from seeder import postgres, seed
 from seeder.cli import main
 from seeder.redis_fill import MARKER_KEY, key_pattern, live_version
 
@@ -331,3 +331,11 @@ def test_redis_refusing_config_set_gets_a_warning_and_the_data(
         rds.acl_deluser("no-config")
     assert not report.datasets["students"].redis_skipped
     assert content(pg, rds) == before
+
+
+def test_seeder_sessions_never_jit_compile(settings):
+    """The fill's full-table reads cost the server a burst of JIT compilation otherwise, felt by
+    the replicas when the keeper refills under load."""
+    with postgres.connect(settings.database_url) as conn:
+        row = conn.execute("SHOW jit").fetchone()
+    assert row == ("off",)
