@@ -35,9 +35,13 @@ from seeder.progress import Advance
 # The last version handed out per dataset: versions are never reused, so a fill that died midway
 # cannot be mistaken for a live one (its keys are swept by the next run).
 VERSIONS_KEY = "surge:versions"
+# dataset -> the version a fill is writing. A flush or restart during the fill deletes it, and
+# switch() then refuses to make that version live: it would lack every record written before.
+FILLING_KEY = "surge:filling"
 
 _FETCH_ROWS = 5_000  # rows per network chunk from Postgres (libpq chunked-rows mode)
 _BATCH_RECORDS = 5_000  # records per pipeline round trip to Redis
+_PACED_BATCH_RECORDS = 1_000
 _SCAN_COUNT = 1_000
 _MEMORY_SAMPLE = 1_000  # hashes whose memory is measured
 
@@ -164,14 +168,26 @@ def _unlink(client: redis.Redis, keys: list[bytes]) -> int:
     return sum(client.unlink(*keys[i : i + _SCAN_COUNT]) for i in range(0, len(keys), _SCAN_COUNT))
 
 
+class FillLost(redis.RedisError):
+    """Redis lost part of a fill (flushed or restarted during it): the version stays unswitched
+    and the next run fills a new one."""
+
+
 def switch(client: redis.Redis, marker: Filled, dataset: Dataset) -> Filled:
     """Make `marker.version` the live version: marker and pointer change in one MULTI/EXEC, so
-    `surge:meta` always describes what `surge:live` points at."""
+    `surge:meta` always describes what `surge:live` points at; only if Redis kept the whole fill
+    (its FILLING_KEY entry, watched, still there)."""
     marker = replace(marker, switched_at=stamp(datetime.now(UTC)))
-    pipe = client.pipeline(transaction=True)
-    pipe.hset(MARKER_KEY, dataset.name, orjson.dumps(asdict(marker)))
-    pipe.hset(LIVE_KEY, dataset.name, marker.version)
-    pipe.execute()
+
+    def make_live(pipe: redis.client.Pipeline) -> None:
+        if parse_version(pipe.hget(FILLING_KEY, dataset.name)) != marker.version:
+            raise FillLost(f"{dataset.name} v{marker.version}: Redis lost records during the fill")
+        pipe.multi()
+        pipe.hset(MARKER_KEY, dataset.name, orjson.dumps(asdict(marker)))
+        pipe.hset(LIVE_KEY, dataset.name, marker.version)
+        pipe.hdel(FILLING_KEY, dataset.name)
+
+    client.transaction(make_live, FILLING_KEY)  # runs again if the entry changed meanwhile
     return marker
 
 
@@ -214,11 +230,14 @@ def fill(
     nobody reads yet); switch() makes it live. `pace`: at most that many records a second
     (0: as fast as it goes), for a refill while the replicas serve."""
     _unlink(client, _keys(client, dataset, version))  # never used, unless a counter was lost
+    client.hset(FILLING_KEY, dataset.name, version)
     render, slot, record_id = dataset.render, dataset.slot, dataset.record_id
     prefix = key_pattern(dataset, version)[:-1]
     pipe = client.pipeline(transaction=False)
     records = pending = 0
-    started = time.monotonic()
+    # A paced refill sends smaller batches: shorter bursts of work between its pauses.
+    batch = _PACED_BATCH_RECORDS if pace > 0 else _BATCH_RECORDS
+    batch_started = time.monotonic()
     key: str | None = None
     fields: list[str | bytes] = []  # the hash being built: field, value, field, value, ...
 
@@ -236,12 +255,15 @@ def fill(
             if not row_key.startswith(prefix):
                 raise RuntimeError(f"{dataset.name}: key {row_key!r} outside {prefix}*")
             key, fields = row_key, []
-            if pending >= _BATCH_RECORDS:
+            if pending >= batch:
                 pipe.execute()
                 advance(pending)
-                pending = 0
                 if pace > 0:
-                    time.sleep(max(0.0, started + records / pace - time.monotonic()))
+                    # Each batch paced on its own: a refill starved of CPU (the keeper runs
+                    # SCHED_IDLE) goes slower instead of catching up in a burst when CPU frees.
+                    time.sleep(max(0.0, batch_started + pending / pace - time.monotonic()))
+                    batch_started = time.monotonic()
+                pending = 0
         fields.append(field)
         fields.append(render(row))
         records += 1

@@ -17,8 +17,8 @@ import psycopg
 import pytest
 import redis
 
-from api.contract import BOOKINGS, DATASETS, STUDENTS, Dataset
-from seeder import postgres, seed
+from api.contract import BOOKINGS, DATASETS, LIVE_KEY, STUDENTS, Dataset
+from seeder import postgres, redis_fill, seed
 from seeder.cli import main
 from seeder.redis_fill import MARKER_KEY, key_pattern, live_version
 
@@ -339,3 +339,26 @@ def test_seeder_sessions_never_jit_compile(settings):
     with postgres.connect(settings.database_url) as conn:
         row = conn.execute("SHOW jit").fetchone()
     assert row == ("off",)
+
+
+def test_a_fill_redis_lost_midway_never_goes_live(seeded, settings, rds, restore):
+    """A flush (or a restart) during a fill takes the records written so far with it: switching
+    that version live would mark it whole while it lacks them, and the replicas answer ids
+    missing from a whole version 404 without asking Postgres."""
+    live_before = rds.hgetall(LIVE_KEY)
+    with postgres.connect(settings.database_url) as conn:
+        loaded = postgres.loaded(conn, STUDENTS.name)
+        assert loaded is not None
+        version = redis_fill.next_version(rds, STUDENTS)
+        marker = redis_fill.fill(conn, rds, STUDENTS, loaded, lambda _n: None, version)
+    rds.flushall()  # what a FLUSHALL or a restart without data does before the switch
+    with pytest.raises(redis_fill.FillLost):
+        redis_fill.switch(rds, marker, STUDENTS)
+    assert rds.hget(LIVE_KEY, STUDENTS.name) is None
+    assert live_before  # the session's dataset was live before; `restore` seeds it again
+    # Unflushed, the same fill goes live.
+    with postgres.connect(settings.database_url) as conn:
+        version = redis_fill.next_version(rds, STUDENTS)
+        marker = redis_fill.fill(conn, rds, STUDENTS, loaded, lambda _n: None, version)
+    redis_fill.switch(rds, marker, STUDENTS)
+    assert int(rds.hget(LIVE_KEY, STUDENTS.name)) == version
