@@ -69,10 +69,10 @@ class Settings:
     """Seconds the seeder keeps the previous Redis version after switching to a new one: above
     twice SURGE_LIVE_REFRESH_INTERVAL plus SURGE_REDIS_TIMEOUT, so no replica still reads it."""
 
-    refill_rate: int = 60_000
+    refill_rate: int = 30_000
     """Records a second the redis-keeper (surge-seed --watch) refills an emptied Redis at,
     both datasets together; 0 = as fast as it can. Paced so that the refill leaves the
-    replicas the CPU they serve with: the default dataset is whole again in about 25 s."""
+    replicas the CPU they serve with: the default dataset is whole again in about 45 s."""
 
     admin_token: str = ""
     """Bearer token of the /admin routes; empty (the default) leaves them out entirely."""
