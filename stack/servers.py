@@ -1118,7 +1118,11 @@ class RedisClusterServer:
         persist: bool = False,
         config: dict[str, str] | None = None,
         start_timeout: float = 60.0,
+        log_dir: str | os.PathLike[str] | None = None,
+        detached: bool = False,
     ) -> None:
+        """log_dir: each node logs to log_dir/redis-PORT.log (default: its own dir);
+        detached, persist: as RedisServer's (`make up`)."""
         self.dir = Path(dir).absolute()
         self.port = int(port)
         self.masters = masters
@@ -1126,7 +1130,12 @@ class RedisClusterServer:
         conf = cluster_node_config(node_timeout_ms) | dict(config or {})
         self.nodes = [
             RedisServer(
-                self.dir / f"node-{self.port + i}", self.port + i, persist=persist, config=conf
+                self.dir / f"node-{self.port + i}",
+                self.port + i,
+                persist=persist,
+                config=conf,
+                log_file=Path(log_dir) / f"redis-{self.port + i}.log" if log_dir else None,
+                detached=detached,
             )
             for i in range(2 * masters)
         ]
