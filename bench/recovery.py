@@ -114,7 +114,7 @@ class Outcomes(Periodic):
 
 class LiveWatch(Periodic):
     """Every 0.25 s: whether Redis names a live students version that the seeder marked whole
-    (its `surge:meta` entry for that very version): the live versions, metadata and records
+    (its `{surge}:meta` entry for that very version): the live versions, metadata and records
     all back."""
 
     def __init__(self, client: redis.Redis) -> None:

@@ -148,7 +148,7 @@ def test_bad_ids_and_unknown_records_still_go_the_full_way(copy_on):
 
 
 def test_a_new_live_version_replaces_the_copy(copy_on, rds, restore):
-    """A reseed switches surge:live: the replica drops the old version's copy and warms the
+    """A reseed switches {surge}:live: the replica drops the old version's copy and warms the
     new one, within its live-version refresh interval."""
     student = 10_007
     old = copy_on.get(f"/students/{student}").content
@@ -175,7 +175,7 @@ def test_a_flushed_redis_leaves_the_copy_serving(copy_on, rds, restore):
     before = copy_on.get("/students/10011").content
     rds.flushall()
     lookup = copy_on.app.state.lookup
-    poll(lambda: lookup.live[STUDENTS.name] == 0, 3, "surge:live read as gone")
+    poll(lambda: lookup.live[STUDENTS.name] == 0, 3, "{surge}:live read as gone")
     assert local.datasets[STUDENTS.name].version == version
     assert local.records(STUDENTS.name) == held
     hits = lookups(copy_on, "local_hit")
@@ -245,7 +245,7 @@ def test_a_flush_then_another_load_under_the_same_version_number_replaces_the_co
 
 def test_a_refresh_reaches_every_replica(copy_on, settings, pg, rds):
     """POST /admin/{dataset}/{id}/refresh on one replica: every other drops its copy of that
-    record within the live-version refresh interval (they read surge:refreshed with it)."""
+    record within the live-version refresh interval (they read {surge}:refreshed with it)."""
     student = 10_043
     with replica(settings, local_cache_mb=64) as other:
         original = other.get(f"/students/{student}").json()

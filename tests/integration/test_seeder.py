@@ -89,7 +89,7 @@ def content(pg: psycopg.Connection, rds: redis.Redis) -> dict:
 
 
 def markers(rds: redis.Redis) -> dict[bytes, dict]:
-    """surge:meta without the version and its time, which a refill of the same load changes."""
+    """{surge}:meta without the version and its time, which a refill of the same load changes."""
     return {
         name: {k: v for k, v in json.loads(raw).items() if k not in ("version", "switched_at")}
         for name, raw in rds.hgetall(MARKER_KEY).items()
