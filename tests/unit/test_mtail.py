@@ -89,7 +89,7 @@ CASES = [
 MALFORMED = [
     "not an access log line",
     # the format before $upstream_header_time was added: read as nothing, counted as unparsed
-    f'127.0.0.1 [2026-12-02T10:00:00+00:00] "{STUDENT}" 200 1 0.001 "a" "200" '
+    f'127.0.0.1 [2026-12-02T10:00:00+00:00] "{STUDENT}" 200 1 0.001 "a" "200" "0.001"',
     "",
 ]
 
