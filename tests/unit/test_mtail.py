@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from stack.launcher import access_log_setting, mtail_enabled
 from stack.mtail import one_shot
 from stack.nginx import TEMPLATE
 
@@ -156,3 +157,19 @@ def test_request_time_histogram_by_route(tmp_path: Path) -> None:
     assert samples[(f"{DURATION}_count", (("route", "students"),))] == 6
     assert samples[(f"{DURATION}_sum", (("route", "students"),))] == pytest.approx(7.046)
     assert not any(labels and dict(labels).get("le", "").startswith("-") for _, labels in samples)
+
+
+@pytest.mark.parametrize(
+    ("env", "log", "runs"),
+    [
+        ({}, "on", True),
+        ({"SURGE_NGINX_ACCESS_LOG": "off"}, "off", False),
+        ({"SURGE_MONITORING": "off"}, "off", False),
+        ({"SURGE_MONITORING": "off", "SURGE_NGINX_ACCESS_LOG": "on"}, "on", False),
+    ],
+)
+def test_the_launcher_runs_mtail_with_monitoring_while_nginx_logs(
+    env: dict[str, str], log: str, runs: bool
+) -> None:
+    assert access_log_setting(env) == log
+    assert mtail_enabled(env) is runs
