@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 # stack's log_format `surge`: addr [time] "request" status bytes request_time "upstream_addr"
-# "upstream_status" "upstream_response_time"
+# "upstream_status" "upstream_response_time" "upstream_header_time" (not read here)
 LINE = re.compile(
     r'^\S+ \[(?P<time>[^\]]+)\] "(?P<request>[^"]*)" (?P<status>\d{3}) \d+ (?P<rt>[\d.]+) '
     r'"[^"]*" "[^"]*" "(?P<urt>[^"]*)"'

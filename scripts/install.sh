@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything surge needs on this machine, installed once (`make deps` runs this; it is idempotent):
-#   1. the servers: PostgreSQL, Redis, nginx, Prometheus and its exporters, and wrk (for the
-#      benchmarks), from the system's package manager (apt: Debian/Ubuntu) when one is missing;
+#   1. the servers: PostgreSQL, Redis, nginx, Prometheus and its exporters, mtail (nginx's
+#      status codes from its access log) and wrk (for the benchmarks), from the system's
+#      package manager (apt: Debian/Ubuntu) when one is missing;
 #   2. .venv with the project and its dev tools, reinstalled only when pyproject.toml changed.
 set -euo pipefail
 
@@ -35,6 +36,7 @@ have prometheus || missing+=(prometheus)
 for exporter in node nginx redis postgres; do
     have "prometheus-$exporter-exporter" || missing+=("prometheus-$exporter-exporter")
 done
+have mtail || missing+=(mtail)  # nginx's access log into Prometheus counters
 have wrk || missing+=(wrk)  # the HTTP load generator of `make bench`
 
 PYTHON=${PYTHON:-python3}
@@ -112,6 +114,7 @@ then run \`make deps\` again"
     have redis-server || still+=(redis-server)
     have nginx || still+=(nginx)
     have prometheus || still+=(prometheus)
+    have mtail || still+=(mtail)
     have wrk || still+=(wrk)
     [ ${#still[@]} -eq 0 ] || die "still missing after the install: ${still[*]}"
     log "servers installed"

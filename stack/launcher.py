@@ -5,6 +5,7 @@
                                   nginx on 127.0.0.1:HTTP_PORT (stub_status on NGINX_STATUS_PORT)
     Prometheus on 127.0.0.1:PROMETHEUS_PORT ◄── replicas' /metrics and the exporters
                                                 (node, nginx, redis, postgres: Debian packages)
+                                            ◄── mtail on MTAIL_PORT, tailing nginx's access log
 
 The config files are the ones compose.yaml uses: nginx/nginx.conf.template (rendered by
 stack.nginx) and monitoring/prometheus/prometheus.yml, copied as it is; the local addresses go
@@ -37,6 +38,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from stack.mtail import DEFAULT_PORT as MTAIL_PORT
+from stack.mtail import mtail_command
+from stack.nginx import DEFAULTS as NGINX_DEFAULTS
 from stack.nginx import SERVER_PARAMS, NginxServer, local_values
 from stack.servers import (
     HOST,
@@ -113,6 +117,8 @@ class Layout:
     nginx_exporter_port: int = 9113
     redis_exporter_port: int = 9121
     postgres_exporter_port: int = 9187
+    mtail_port: int = MTAIL_PORT
+    """mtail's /metrics: nginx's answers by status and route, from its access log."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Layout:
@@ -202,6 +208,20 @@ def monitoring_enabled(environ: Mapping[str, str] | None = None) -> bool:
     return env.get("SURGE_MONITORING", "on").strip().lower() not in ("off", "0", "false", "no")
 
 
+def access_log_setting(environ: Mapping[str, str] | None = None) -> str:
+    """SURGE_NGINX_ACCESS_LOG for `make up`: on by default with monitoring (mtail reads it),
+    else nginx's own default (off); `off` also leaves mtail out."""
+    env = os.environ if environ is None else environ
+    if env.get("SURGE_NGINX_ACCESS_LOG"):
+        return env["SURGE_NGINX_ACCESS_LOG"]
+    return "on" if monitoring_enabled(env) else NGINX_DEFAULTS["SURGE_NGINX_ACCESS_LOG"]
+
+
+def mtail_enabled(environ: Mapping[str, str] | None = None) -> bool:
+    """mtail runs with monitoring, while nginx writes its access log."""
+    return monitoring_enabled(environ) and access_log_setting(environ) == "on"
+
+
 def replica_name(n: int) -> str:
     return f"api-{n}"
 
@@ -269,7 +289,7 @@ EXPORTERS = tuple(Exporter(job) for job in ("node", "nginx", "redis", "postgres"
 
 PRIORITY = {
     "postgres": 10, "postgres-standby": 15, "redis": 20, "redis-keeper": 30, "api": 40,
-    "exporter": 50, "prometheus": 60, "nginx": 70,
+    "exporter": 50, "mtail": 50, "prometheus": 60, "nginx": 70,
 }  # fmt: skip
 """supervisord's order: the stores start first; `down` stops the entry first (no new
 requests), then monitoring, the replicas and the keeper, the stores last."""
@@ -410,7 +430,7 @@ class Stack:
             status_port=self.layout.nginx_status_port,
             upstream_ports=list(ports),
             environ=self.environ,
-            **knobs,
+            **{"SURGE_NGINX_ACCESS_LOG": access_log_setting(self.environ), **knobs},
         )
 
     @property
@@ -542,6 +562,16 @@ class Stack:
                     layout.prometheus_port,
                 )
             )
+        if mtail_enabled(self.environ):
+            log = Path(self.nginx().values["SURGE_NGINX_ACCESS_LOG_PATH"])
+            progs.append(
+                Program(
+                    "mtail",
+                    mtail_command(log, HOST, layout.mtail_port, find_program("mtail", "mtail")),
+                    PRIORITY["mtail"],
+                    layout.mtail_port,
+                )
+            )
         return progs
 
     def _port_of(self, name: str) -> int:
@@ -557,6 +587,7 @@ class Stack:
             "redis": layout.redis_port,
             "nginx": layout.http_port,
             "prometheus": layout.prometheus_port,
+            "mtail": layout.mtail_port,
             **{e.name: getattr(layout, e.port_field) for e in EXPORTERS},
         }
         return ports.get(name, 0)
@@ -598,6 +629,7 @@ class Stack:
             "redis": "SURGE_REDIS_PORT",
             "nginx": "SURGE_HTTP_PORT",
             "prometheus": "SURGE_PROMETHEUS_PORT",
+            "mtail": "SURGE_MTAIL_PORT",
             **{e.name: env_name(e.port_field) for e in EXPORTERS},
         }
         for prog in programs:
@@ -759,6 +791,8 @@ class Stack:
             "prometheus": [layout.prometheus_port],
             "api": ports,
             **{e.job: [getattr(layout, e.port_field)] for e in EXPORTERS},
+            # none when it is off: a stale target would be a scrape failing forever
+            "mtail": [layout.mtail_port] if mtail_enabled(self.environ) else [],
         }
         groups: dict[str, list[dict[str, object]]] = {
             job: [{"targets": [f"{HOST}:{p}" for p in ps]}] for job, ps in jobs.items()
@@ -826,6 +860,8 @@ class Stack:
         checks = {exp.name: f"http://{HOST}:{getattr(layout, exp.port_field)}/metrics"
                   for exp in EXPORTERS}  # fmt: skip
         checks["prometheus"] = f"http://{HOST}:{layout.prometheus_port}/-/ready"
+        if mtail_enabled(self.environ):
+            checks["mtail"] = f"http://{HOST}:{layout.mtail_port}/metrics"
         started = [name for name in checks if self._start(name, added, changed)]
         if "prometheus" not in started and config_changed:
             say("prometheus: config changed; reloading (SIGHUP)")
@@ -858,6 +894,9 @@ class Stack:
             for exp in EXPORTERS:
                 port = getattr(layout, exp.port_field)
                 print(f"    {exp.name:<18}http://{HOST}:{port}/metrics")
+            if mtail_enabled(self.environ):
+                url = f"http://{HOST}:{layout.mtail_port}/metrics"
+                print(f"    mtail             {url}   (nginx's access log)")
         print(f"    Postgres          {pg_url}")
         if self._own_standby():
             print(f"    its standby       {self.standby().url}   (fallback reads)")
@@ -930,6 +969,7 @@ class Stack:
         checks = {
             "nginx": f"http://{HOST}:{layout.nginx_status_port}/stub_status",
             "prometheus": f"http://{HOST}:{layout.prometheus_port}/-/ready",
+            "mtail": f"http://{HOST}:{layout.mtail_port}/metrics",
         }
         unwell = 0
         for proc in procs:
@@ -958,8 +998,10 @@ __all__ = [
     "Layout",
     "Process",
     "Stack",
+    "access_log_setting",
     "default_replicas",
     "env_name",
+    "mtail_enabled",
     "replica_count",
     "replica_name",
     "spare_env",

@@ -618,21 +618,38 @@ def overview() -> Board:
 # surge-nginx
 
 NGINX = 'instance=~"$instance"'
+MTAIL = 'job="mtail", instance=~"$mtail"'
+ANSWERS = "surge_nginx_responses_total"
+
+
+def _nginx_made(status: str, by: str = "") -> str:
+    """Rate of nginx's own answers with `status` (a regex); 0, not "no data", when there are
+    none while mtail is scraped (its series appear with the first such answer)."""
+    agg = f"sum by ({by}) " if by else "sum"
+    made = f'{agg}(rate({ANSWERS}{{{MTAIL}, made_by="nginx", status=~"{status}"}}[{RATE}]))'
+    return f"{made} or {agg}(rate({ANSWERS}{{{MTAIL}}}[{RATE}])) * 0"
 
 
 def nginx() -> Board:
     b = Board(
         uid="surge-nginx",
         title="surge / nginx",
-        description="nginx in front of the replicas, from stub_status via nginx-prometheus-"
-        "exporter (connections and requests; per-status codes are counted by the replicas).",
+        description="nginx in front of the replicas: connections and requests from stub_status "
+        "(nginx-prometheus-exporter); every answer by status, route and who made it, and "
+        "request time, from nginx's access log (mtail, monitoring/mtail/nginx.mtail).",
         variables=[
             query_variable(
                 "instance",
                 "exporter",
                 "label_values(nginx_up, instance)",
                 description="nginx-prometheus-exporter targets (Prometheus job `nginx`).",
-            )
+            ),
+            query_variable(
+                "mtail",
+                "mtail",
+                'label_values(up{job="mtail"}, instance)',
+                description="mtail targets reading nginx's access log (Prometheus job `mtail`).",
+            ),
         ],
     )
     b.add(
@@ -711,6 +728,58 @@ def nginx() -> Board:
             h=8,
             description="Requests per second per open client connection (the status listener's "
             "own scrape connection included).",
+        ),
+    )
+
+    b.row("Answers, from the access log (mtail)")
+    half = {"w": 12, "h": 8}
+    b.add(
+        timeseries(
+            "Refused by nginx",
+            target(_nginx_made("503"), "503 at the admission cap"),
+            target(_nginx_made("429"), "429 at the per-IP rate limit"),
+            unit="reqps",
+            description="503: more record requests in flight than SURGE_NGINX_MAX_INFLIGHT; "
+            "429: a client above SURGE_RATE_LIMIT_RATE plus its burst. nginx answers both "
+            "itself, in microseconds, without asking a replica.",
+            **half,
+        ),
+        timeseries(
+            "nginx's own errors by status",
+            target(_nginx_made("[45]..", "status"), "{{status}}"),
+            unit="reqps",
+            stack=True,
+            description="Errors no replica made: 404/400 for paths and requests nginx rejects, "
+            "502/504 when no replica answered (after the retries), 503/429 above. A replica's "
+            "own errors (an unknown id, a store down) are in the next panel.",
+            **half,
+        ),
+        timeseries(
+            "Requests/s by status and route",
+            target(
+                f"sum by (route, status, made_by) (rate({ANSWERS}{{{MTAIL}}}[{RATE}]))",
+                "{{route}} {{status}} ({{made_by}})",
+            ),
+            unit="reqps",
+            stack=True,
+            description="Every answer nginx sent: route students, bookings or other (never the "
+            "path), made_by replica or nginx (a limit, its own error, a micro-cache hit).",
+            **half,
+        ),
+        timeseries(
+            "Request time by route (nginx)",
+            *[
+                target(
+                    f"histogram_quantile({q}, sum by (route, le) (rate("
+                    f"surge_nginx_request_duration_seconds_bucket{{{MTAIL}}}[{RATE}])))",
+                    f"{{{{route}}}} p{int(q * 100)}",
+                )
+                for q in (0.5, 0.99)
+            ],
+            unit="s",
+            description="nginx's $request_time, from reading the request to its last byte "
+            "sent (1 ms resolution: below 1 ms reads as 0-1 ms).",
+            **half,
         ),
     )
     return b

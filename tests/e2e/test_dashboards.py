@@ -8,7 +8,8 @@ Grafana cannot run here, so the dashboards are tested for what would go wrong in
 - PromQL: every query (variables expanded as Grafana would) is accepted by a real Prometheus
   (/usr/bin/prometheus; a parse error comes back as status "error", errorType "bad_data").
 - data: a stack of real processes on free loopback ports (Postgres, Redis, 2 API replicas,
-  nginx, the Debian node/nginx/redis/postgres exporters and Prometheus configured from
+  nginx with its access log, mtail reading it, the Debian node/nginx/redis/postgres exporters
+  and Prometheus configured from
   monitoring/prometheus/prometheus.yml with a 1 s scrape interval), a short k6 run pushing its
   metrics by remote write, then every panel query must return data. The only exemption: the
   cadvisor panels (COMPOSE_ONLY), which have data only under docker compose.
@@ -36,6 +37,7 @@ from typing import Any
 import pytest
 import yaml
 
+from stack.mtail import mtail_command
 from stack.nginx import NginxServer, local_values
 from stack.servers import HOST, free_port, granian_command, wait_for
 
@@ -344,6 +346,7 @@ const KINDS = [
   ['unknown student', () => `/students/${900000000 + Math.floor(Math.random() * 50)}`],
   ['unknown booking', () => '/bookings/00000000-0000-4000-8000-000000000000'],
   ['malformed', () => '/students/not-a-number'],
+  ['not a route', () => '/nope'],
 ];
 
 export default function () {
@@ -382,6 +385,7 @@ def live_prometheus(procs: Processes, settings: Any, seeded: Any) -> Iterator[st
         local_values(
             nginx_dir, port=free_port(), status_port=free_port(),
             upstream_ports=replica_ports, environ={}, SURGE_RATE_LIMIT="off",
+            SURGE_NGINX_ACCESS_LOG="on",
         ),
     )  # fmt: skip
 
@@ -408,8 +412,12 @@ def live_prometheus(procs: Processes, settings: Any, seeded: Any) -> Iterator[st
             [EXPORTERS["nginx"], "-nginx.scrape-uri", nginx.status_url,
              "-web.listen-address", listen["nginx"]],
         )  # fmt: skip
-        for job in EXPORTERS:
-            procs.wait_http(f"{job}-exporter", f"http://{listen[job]}/metrics")
+        listen["mtail"] = f"{HOST}:{free_port()}"
+        log = Path(nginx.values["SURGE_NGINX_ACCESS_LOG_PATH"])
+        procs.start("mtail", mtail_command(log, HOST, int(listen["mtail"].rsplit(":")[1])))
+        for job in (*EXPORTERS, "mtail"):
+            name = job if job == "mtail" else f"{job}-exporter"
+            procs.wait_http(name, f"http://{listen[job]}/metrics")
 
         prometheus_port = free_port()
         config = local_prometheus_config(
@@ -424,7 +432,7 @@ def live_prometheus(procs: Processes, settings: Any, seeded: Any) -> Iterator[st
             procs, "prometheus-live", config, port=prometheus_port, remote_write=True
         )
         wait_for(
-            lambda: _all_targets_up(url, expected=len(replica_ports) + len(EXPORTERS) + 1),
+            lambda: _all_targets_up(url, expected=len(replica_ports) + len(listen) + 1),
             timeout=30,
             what="every scrape target up",
         )

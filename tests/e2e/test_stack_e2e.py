@@ -334,6 +334,7 @@ def test_prometheus_scrapes_every_target(stack: LocalStack) -> None:
         ("redis", stack.layout.redis_exporter_port),
         ("postgres", stack.layout.postgres_exporter_port),
         ("node", stack.layout.node_exporter_port),
+        ("mtail", stack.layout.mtail_port),
         *(("api", stack.replica_port(n)) for n in range(1, REPLICAS + 1)),
     }
     deadline = time.monotonic() + 30

@@ -26,6 +26,8 @@ from nginx_check import check_with_local_layout
 
 from api.contract.dataset import REDIS_HASH_CONFIG
 from api.settings import Settings, env_name
+from stack.launcher import access_log_setting
+from stack.mtail import DEFAULT_PORT as MTAIL_PORT
 from stack.nginx import DEFAULTS, SERVER_PARAMS, TEMPLATE, placeholders
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -135,8 +137,31 @@ def test_no_image_names_a_registry_host() -> None:
 
 def test_app_services_share_one_local_image() -> None:
     built = {name: s for name, s in SERVICES.items() if "build" in s}
-    assert set(built) == {"api", "seeder", "redis-keeper"}
-    assert {s["image"] for s in built.values()} == {"surge-app:local"}
+    assert set(built) == {"api", "seeder", "redis-keeper", "mtail"}
+    assert {s["image"] for n, s in built.items() if n != "mtail"} == {"surge-app:local"}
+    assert built["mtail"]["image"] == "surge-mtail:local"
+
+
+def test_mtail_reads_the_log_nginx_writes_with_the_programs_make_up_uses() -> None:
+    """One log file in a volume both mount, Debian's mtail on a pinned base, the programs
+    mounted where the image's entrypoint loads them, and Prometheus's mtail job on its port."""
+    mtail, nginx = SERVICES["mtail"], SERVICES["nginx"]
+    log = Path(env_of("nginx")["SURGE_NGINX_ACCESS_LOG_PATH"])
+    assert mtail["command"] == ["--logs", str(log)]
+    assert (("nginx-logs", str(log.parent), False)) in _volumes(nginx)
+    assert (("nginx-logs", str(log.parent), True)) in _volumes(mtail)
+    assert ("./monitoring/mtail", "/etc/mtail", True) in _volumes(mtail)
+    assert (ROOT / "monitoring/mtail/nginx.mtail").is_file()
+    assert mtail["depends_on"] == {"nginx": {"condition": "service_healthy"}}
+    dockerfile = (ROOT / mtail["build"]["context"] / "Dockerfile").read_text()
+    (base,) = re.findall(r"^FROM (\S+)", dockerfile, re.M)
+    assert PINNED.match(base) and "/" not in base, base
+    assert re.search(r"\bmtail=3\.0\.0~rc\d+-\S+", dockerfile), "mtail's package version pinned"
+    entry = json.loads(re.search(r"^ENTRYPOINT (.+)$", dockerfile, re.M).group(1))
+    assert entry[entry.index("--progs") + 1] == "/etc/mtail"
+    users = re.findall(r"^USER (\S+)", dockerfile, re.M)
+    assert users and users[-1].split(":")[0] not in {"0", "root"}
+    assert "3903" in " ".join(mtail["healthcheck"]["test"])
 
 
 def test_nginx_image_supports_resolve_in_upstreams() -> None:
@@ -313,8 +338,11 @@ def test_nginx_template_renders_with_compose_values(tmp_path: Path) -> None:
     assert re.search(env["NGINX_ENVSUBST_FILTER"], "SURGE_NGINX_LISTEN")
     values = {k: v for k, v in env.items() if k.startswith("SURGE_")}
     assert set(values) == placeholders(TEMPLATE.read_text())
-    # Same knob defaults as the local launcher.
-    assert {k: values[k] for k in DEFAULTS} == DEFAULTS
+    # Same knob defaults as the local launcher (which turns the access log on for mtail).
+    assert {k: values[k] for k in DEFAULTS} == DEFAULTS | {
+        "SURGE_NGINX_ACCESS_LOG": access_log_setting({})
+    }
+    assert values["SURGE_NGINX_ACCESS_LOG"] == "on"
     upstream = values["SURGE_NGINX_UPSTREAM"]
     assert "resolver 127.0.0.11 valid=5s" in upstream
     assert f"server api:8000 resolve {SERVER_PARAMS};" in upstream
@@ -336,6 +364,7 @@ def test_prometheus_scrapes_every_replica_and_exporter() -> None:
     expected = {
         "api": ("api", 8000),
         "nginx": ("nginx-exporter", 9113),
+        "mtail": ("mtail", MTAIL_PORT),
         "redis": ("redis-exporter", 9121),
         "postgres": ("postgres-exporter", 9187),
         "node": ("node-exporter", 9100),
