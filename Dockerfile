@@ -18,7 +18,8 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
     && pip install -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
-# Then the code: the package itself (api, seeder, their package data and the surge-seed script).
+# Then the code: the package itself (core, api, seeder, their package data and the surge-seed script).
+COPY core ./core
 COPY api ./api
 COPY seeder ./seeder
 RUN pip install --no-deps . && rm -rf build ./*.egg-info

@@ -25,10 +25,10 @@ from litestar.exceptions import NotAuthorizedException, NotFoundException, Valid
 from litestar.handlers import BaseRouteHandler
 from litestar.params import FromPath, FromQuery
 
-from api.contract import DATASETS, LIVE_KEY, MARKER_KEY, parse_version, stamp
 from api.errors import problem_response
 from api.lookup import POSTGRES_FAULTS, REDIS_FAULTS, Lookup
-from api.settings import Settings, env_name
+from core.contract import DATASETS, LIVE_KEY, MARKER_KEY, parse_version, stamp
+from core.settings import Settings, env_name
 
 log = logging.getLogger("surge.admin")
 

@@ -17,14 +17,14 @@ from litestar.static_files import create_static_files_router
 from swagger_ui_bundle import swagger_ui_path
 
 from api.admin import admin_router
-from api.contract import DATASETS, Dataset
 from api.errors import EXCEPTION_HANDLERS, Problem, not_found_detail, problem_response
 from api.fast_path import fast_records
 from api.http_cache import cache_control, validators
 from api.lookup import Lookup
 from api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from api.metrics import Metrics
-from api.settings import Settings
+from core.contract import DATASETS, Dataset
+from core.settings import Settings
 
 _encode = msgspec.json.Encoder().encode
 

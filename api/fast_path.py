@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 
 from litestar.enums import ScopeType
 
-from api.contract import DATASETS
 from api.errors import PROBLEM_MEDIA_TYPE, not_found_detail, problem_body
 from api.http_cache import cache_control, validators
+from core.contract import DATASETS
 
 if TYPE_CHECKING:
     from litestar.types import (
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
     from api.lookup import Lookup
     from api.metrics import Metrics
-    from api.settings import Settings
+    from core.settings import Settings
 
 JSON = b"application/json"
 PROBLEM = PROBLEM_MEDIA_TYPE.encode()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from hashlib import blake2b
 
-from api.settings import Settings
+from core.settings import Settings
 
 
 def etag(body: bytes) -> bytes:

@@ -27,7 +27,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.observability.attributes import DB_CLIENT_CONNECTION_STATE, ConnectionState
 from redis.retry import Retry
 
-from api.contract import (
+from api.errors import ServiceUnavailable
+from api.local_cache import LocalCache
+from api.metrics import CopyStats, LookupStats, Metrics
+from core.contract import (
     DATASETS,
     LIVE_KEY,
     MARKER_KEY,
@@ -39,10 +42,7 @@ from api.contract import (
     Dataset,
     parse_version,
 )
-from api.errors import ServiceUnavailable
-from api.local_cache import LocalCache
-from api.metrics import CopyStats, LookupStats, Metrics
-from api.settings import Settings
+from core.settings import Settings
 
 log = logging.getLogger("surge.lookup")
 T = TypeVar("T")

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import redis
 
-from api.contract import STUDENTS
-from api.settings import Settings
 from bench.machine import machine
 from bench.wrk import random_students
+from core.contract import STUDENTS
+from core.settings import Settings
 from seeder.generate import FIRST_STUDENT_ID
 from stack.servers import free_port, granian_command, stop_children, wait_for
 

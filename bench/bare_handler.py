@@ -10,8 +10,8 @@ import redis
 import redis.asyncio as aioredis
 from litestar import Litestar, MediaType, Response, get
 
-from api.contract import LIVE_KEY, STUDENTS, parse_version
-from api.settings import Settings
+from core.contract import LIVE_KEY, STUDENTS, parse_version
+from core.settings import Settings
 
 
 def create_app() -> Litestar:

@@ -43,10 +43,10 @@ from urllib.parse import urlsplit
 
 import redis
 
-from api.contract import DATASETS, LIVE_KEY, MARKER_KEY, parse_version
-from api.settings import Settings
 from bench.resources import rss_bytes, scrape
 from bench.wrk import wrk
+from core.contract import DATASETS, LIVE_KEY, MARKER_KEY, parse_version
+from core.settings import Settings
 from seeder.generate import FIRST_STUDENT_ID
 from stack.servers import child_pids, free_port, granian_command, stop_children, wait_for
 

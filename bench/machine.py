@@ -10,7 +10,7 @@ from pathlib import Path
 import psycopg
 import redis
 
-from api.settings import Settings
+from core.settings import Settings
 
 PACKAGES = (
     "litestar", "granian", "uvloop", "psycopg", "psycopg-binary", "psycopg-pool", "redis",

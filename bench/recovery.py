@@ -26,9 +26,9 @@ from typing import Any, Protocol
 
 import redis
 
-from api.contract import LIVE_KEY, MARKER_KEY, STUDENTS
-from api.settings import Settings
 from bench.resources import Periodic, Probe, Resources, scrape, wait_copies
+from core.contract import LIVE_KEY, MARKER_KEY, STUDENTS
+from core.settings import Settings
 from seeder.generate import FIRST_STUDENT_ID
 from stack.launcher import Stack
 from stack.servers import HOST

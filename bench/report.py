@@ -74,8 +74,6 @@ from typing import Any
 
 import redis
 
-from api.contract import LIVE_KEY, STUDENTS, parse_version
-from api.settings import Settings
 from bench import capacity_figures, recovery, report_render, tiers
 from bench.api import APPS as DIRECT_APPS
 from bench.api import answers
@@ -86,6 +84,8 @@ from bench.replicas import Topology as LauncherTopology
 from bench.replicas import busy_cores_seconds, cpu_seconds
 from bench.resources import Periodic, Probe, Resources, scrape, wait_copies
 from bench.wrk import random_students, wrk
+from core.contract import LIVE_KEY, STUDENTS, parse_version
+from core.settings import Settings
 from seeder.generate import FIRST_STUDENT_ID
 from stack.nginx import NginxServer, knobs_from_env, local_values
 from stack.servers import (

@@ -33,7 +33,7 @@ from typing import Self
 import psycopg
 import redis
 
-from api.settings import Settings
+from core.settings import Settings
 from seeder.generate import FIRST_STUDENT_ID
 
 PAGE = os.sysconf("SC_PAGE_SIZE")

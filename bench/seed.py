@@ -21,8 +21,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from api.settings import Settings
 from bench.machine import machine
+from core.settings import Settings
 from seeder import SeedReport, seed
 from seeder.core import run
 from seeder.progress import PlainReporter

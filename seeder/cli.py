@@ -15,8 +15,8 @@ import redis
 from rich.console import Console
 from rich.table import Table
 
-from api.contract import DATASETS
-from api.settings import Settings, env_name
+from core.contract import DATASETS
+from core.settings import Settings, env_name
 from seeder import redis_fill
 from seeder.core import SeedReport, run
 from seeder.postgres import StandbyBehind

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 import psycopg
 
-from api.contract import BOOKINGS, DATASETS, STUDENTS, Dataset
-from api.settings import Settings
+from core.contract import BOOKINGS, DATASETS, STUDENTS, Dataset
+from core.settings import Settings
 from seeder import generate, postgres, redis_fill
 from seeder.progress import Cancelled, Phase, Reporter, reporter_for
 

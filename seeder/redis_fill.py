@@ -28,7 +28,7 @@ import orjson
 import psycopg
 import redis
 
-from api.contract import LIVE_KEY, MARKER_KEY, REDIS_HASH_CONFIG, Dataset, parse_version, stamp
+from core.contract import LIVE_KEY, MARKER_KEY, REDIS_HASH_CONFIG, Dataset, parse_version, stamp
 from seeder.postgres import Loaded
 from seeder.progress import Advance
 

@@ -417,8 +417,8 @@ class Stack:
 
     def programs(self, env: Mapping[str, str], n_replicas: int, monitoring: bool) -> list[Program]:
         """Everything this stack runs, as supervisord programs (prepares the stores' dirs)."""
-        from api.settings import Settings
-        from api.settings import env_name as setting_name
+        from core.settings import Settings
+        from core.settings import env_name as setting_name
 
         layout = self.layout
         # Only what the replicas and the seeder read: a launcher knob (SURGE_REPLICAS, a port)
@@ -609,7 +609,7 @@ class Stack:
         say(f"{name}: ready")
 
     def up(self) -> int:
-        from api.settings import Settings
+        from core.settings import Settings
         from seeder import seed
 
         layout = self.layout

@@ -925,7 +925,7 @@ def find_redis_server() -> str:
 
 
 def _redis_config() -> dict[str, str]:
-    from api.contract.dataset import REDIS_HASH_CONFIG
+    from core.contract.dataset import REDIS_HASH_CONFIG
 
     return dict(REDIS_HASH_CONFIG)
 

@@ -3,7 +3,7 @@
 - `postgres_server`, `redis_server` (session): real server processes in a temp dir, stopped at the
   end of the session (and by stack.servers if the run dies). Objects with .url, .port, .stop(),
   .start(); a test may stop one to simulate an outage and start it again on the same port.
-- `settings` (session): api.settings.Settings pointing at them, with a small dataset.
+- `settings` (session): core.settings.Settings pointing at them, with a small dataset.
 - `seeded` (session): the seeder's report, run once against those servers.
 - A test that leaves a server stopped does not break the ones after it: before and after every
   test, a stopped session server is started again (and Redis, which restarts empty, is reseeded
@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from api.settings import Settings
+from core.settings import Settings
 from stack.servers import PostgresServer, RedisServer, free_port
 
 TEST_STUDENTS = 2_000

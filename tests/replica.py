@@ -11,7 +11,7 @@ from litestar.testing import TestClient
 from polling import poll
 
 from api.app import create_app
-from api.settings import Settings
+from core.settings import Settings
 
 
 @contextmanager

@@ -29,8 +29,8 @@ from polling import poll
 from schema_fuzz import assert_conforms
 from stack_fixture import STUDENTS, LocalStack, run_local_stack
 
-from api.contract import STUDENTS as STUDENT_DATA
-from api.settings import Settings
+from core.contract import STUDENTS as STUDENT_DATA
+from core.settings import Settings
 from seeder.generate import FIRST_STUDENT_ID
 from stack.launcher import ROOT
 from stack.servers import HOST, kill_group, wait_gone

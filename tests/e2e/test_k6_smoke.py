@@ -30,8 +30,8 @@ from k6_runner import (
     run_k6,
 )
 
-from api.contract.students import MAX_STUDENT_ID
-from api.settings import Settings
+from core.contract.students import MAX_STUDENT_ID
+from core.settings import Settings
 from seeder.generate import FIRST_STUDENT_ID
 from stack.servers import HOST, free_port
 

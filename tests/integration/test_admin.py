@@ -11,7 +11,7 @@ from litestar.testing import TestClient
 from replica import replica
 
 from api.app import create_app
-from api.contract import DATASETS, STUDENTS
+from core.contract import DATASETS, STUDENTS
 from seeder.redis_fill import live_version
 
 TOKEN = "test-admin-token-0123456789"

@@ -9,7 +9,7 @@ import pytest
 import redis
 
 import seeder
-from api.contract import STUDENTS
+from core.contract import STUDENTS
 
 # The settings' Redis timeout is 0.1 s; a fallback must not take redis-py's default 5 s.
 FALLBACK_BOUND_S = 0.5

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from polling import poll
 
-from api.contract import DATASETS, LIVE_KEY, MARKER_KEY, STUDENTS
+from core.contract import DATASETS, LIVE_KEY, MARKER_KEY, STUDENTS
 from seeder import redis_fill
 
 ROOT = Path(__file__).resolve().parents[2]

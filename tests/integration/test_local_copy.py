@@ -14,7 +14,7 @@ from litestar.testing import TestClient
 from polling import poll
 from replica import replica
 
-from api.contract import BOOKINGS, DATASETS, LIVE_KEY, STUDENTS
+from core.contract import BOOKINGS, DATASETS, LIVE_KEY, STUDENTS
 
 TOKEN = "test-admin-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from litestar.testing import TestClient
 
-from api.contract import BOOKINGS, DATASETS, STUDENTS, Dataset
+from core.contract import BOOKINGS, DATASETS, STUDENTS, Dataset
 from seeder import seed
 from seeder.postgres import APPLICATION_NAME, STAGING_SCHEMA
 from seeder.redis_fill import live_version, stale_keys

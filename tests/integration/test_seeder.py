@@ -17,7 +17,7 @@ import psycopg
 import pytest
 import redis
 
-from api.contract import BOOKINGS, DATASETS, STUDENTS, Dataset
+from core.contract import BOOKINGS, DATASETS, STUDENTS, Dataset
 from seeder import seed
 from seeder.cli import main
 from seeder.redis_fill import MARKER_KEY, key_pattern, live_version

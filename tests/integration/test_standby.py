@@ -23,7 +23,7 @@ from litestar.testing import TestClient
 from polling import poll
 
 from api.app import create_app
-from api.contract import DATASETS, STUDENTS
+from core.contract import DATASETS, STUDENTS
 from seeder import seed
 from seeder.postgres import APPLICATION_NAME, StandbyBehind
 from seeder.redis_fill import live_version

@@ -24,8 +24,8 @@ import pytest
 import yaml
 from nginx_check import check_with_local_layout
 
-from api.contract.dataset import REDIS_HASH_CONFIG
-from api.settings import Settings, env_name
+from core.contract.dataset import REDIS_HASH_CONFIG
+from core.settings import Settings, env_name
 from stack.nginx import DEFAULTS, SERVER_PARAMS, TEMPLATE, placeholders
 
 ROOT = Path(__file__).resolve().parents[2]

