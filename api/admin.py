@@ -14,7 +14,6 @@ import logging
 import os
 import sys
 import tempfile
-from dataclasses import fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -121,9 +120,7 @@ class Reseeder:
 
     async def start(self, reset: bool) -> ReseedState:
         # The child seeds the stores this replica reads, whatever its own environment says.
-        env = dict(os.environ)
-        for f in fields(self.settings):
-            env[env_name(f.name)] = str(getattr(self.settings, f.name))
+        env = {**os.environ, **self.settings.as_env()}
         del env[env_name("admin_token")]  # the seeder has no use for it
         args = [sys.executable, "-m", "seeder", "--no-progress", *(["--reset"] if reset else [])]
         fd, self.log_path = tempfile.mkstemp(prefix="surge-reseed-", suffix=".log")
@@ -200,7 +197,7 @@ async def _cache_view(lookup: Lookup, reseeder: Reseeder) -> CacheView:
 
 def admin_router(settings: Settings, lookup: Lookup) -> Router | None:
     """The /admin routes, or None when no admin token is configured."""
-    if not settings.admin_token:
+    if not settings.api.admin_token:
         return None
     reseeder = Reseeder(settings)
     by_name = {dataset.name: dataset for dataset in DATASETS}
@@ -236,7 +233,7 @@ def admin_router(settings: Settings, lookup: Lookup) -> Router | None:
     return Router(
         "/admin",
         route_handlers=[cache, reseed, refresh],
-        guards=[_bearer_guard(settings.admin_token)],
+        guards=[_bearer_guard(settings.api.admin_token)],
         include_in_schema=False,
     )
 

@@ -30,16 +30,16 @@ if TYPE_CHECKING:
 
     from api.lookup import Lookup
     from api.metrics import Metrics
-    from core.settings import Settings
+    from core.settings import ApiSettings
 
 JSON = b"application/json"
 PROBLEM = PROBLEM_MEDIA_TYPE.encode()
 
 
-def fast_records(app: ASGIApp, lookup: Lookup, metrics: Metrics, settings: Settings) -> ASGIApp:
+def fast_records(app: ASGIApp, lookup: Lookup, metrics: Metrics, api: ApiSettings) -> ASGIApp:
     by_prefix = {f"/{d.name}/": d for d in DATASETS}
     local = lookup.local
-    control = cache_control(settings)
+    control = cache_control(api)
     outcome = {200: "local_hit", 304: "local_hit", 404: "not_in_live_version"}
     counted = {
         (d.name, method, status): (

@@ -16,8 +16,10 @@ from core.settings import Settings
 
 def create_app() -> Litestar:
     settings = Settings.from_env()
-    client = aioredis.Redis.from_url(settings.redis_url, max_connections=settings.redis_pool_size)
-    with redis.Redis.from_url(settings.redis_url) as probe:  # the live version, once
+    client = aioredis.Redis.from_url(
+        settings.stores.redis_url, max_connections=settings.stores.redis_pool_size
+    )
+    with redis.Redis.from_url(settings.stores.redis_url) as probe:  # the live version, once
         version = parse_version(probe.hget(LIVE_KEY, STUDENTS.name))
 
     @get("/students/{student_id:int}")

@@ -218,7 +218,7 @@ def redis_empty(bench: Bench) -> dict[str, Any]:
     capacity = bench.capacity()["rps"]
     connections = PACED_CONNECTIONS
     pace = _pace(connections, capacity / 2)
-    client = redis.Redis.from_url(bench.settings.redis_url, socket_timeout=5)
+    client = redis.Redis.from_url(bench.settings.stores.redis_url, socket_timeout=5)
     runs: dict[str, dict[str, Any]] = {}
     figures: dict[str, dict[str, float | None]] = {}
     notes = []
@@ -305,7 +305,7 @@ def make_up_postgres(settings: Settings) -> Stack:
     launcher = Stack()
     proc = launcher.process("postgres")
     port = launcher.layout.pg_port
-    if proc is None or not proc.live or f":{port}/" not in settings.database_url:
+    if proc is None or not proc.live or f":{port}/" not in settings.stores.database_url:
         raise RuntimeError(
             "postgres_gone stops `make up`'s own Postgres: run `make up` (not SURGE_DATABASE_URL)"
         )
@@ -319,7 +319,7 @@ def postgres_gone(bench: Bench) -> dict[str, Any]:
     capacity = bench.capacity()["rps"]
     connections = PACED_CONNECTIONS
     misses = list(range(bench.last_id - MISSES + 1, bench.last_id + 1))
-    client = redis.Redis.from_url(bench.settings.redis_url, socket_timeout=5)
+    client = redis.Redis.from_url(bench.settings.stores.redis_url, socket_timeout=5)
     bench.top.launcher("up", SURGE_LOCAL_CACHE_MB="0")
     try:
         for sid in misses:

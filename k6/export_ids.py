@@ -19,7 +19,7 @@ from pathlib import Path
 import psycopg
 
 from core.contract import BOOKINGS
-from core.settings import Settings, env_name
+from core.settings import StoreSettings, env_name, from_env
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / ".run" / "k6" / "booking-ids.json"
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.count < 1:
         parser.error("--count must be at least 1")
 
-    database_url = args.database_url or Settings.from_env().database_url
+    database_url = args.database_url or from_env(StoreSettings).database_url
     try:
         ids = sample_booking_ids(database_url, args.count)
     except psycopg.Error as exc:

@@ -76,7 +76,7 @@ def test_cache_view(client, settings, rds):
         entry = view["datasets"][dataset.name]
         rows = getattr(settings, dataset.name)
         assert entry["postgres_rows"] == entry["redis_records"] == rows
-        assert entry["postgres_seed"] == settings.seed
+        assert entry["postgres_seed"] == settings.dataset.seed
         assert entry["live_version"] == live_version(rds, dataset) > 0
         assert entry["in_sync"] is True
         assert entry["switched_at"] and entry["postgres_loaded_at"]

@@ -15,7 +15,6 @@ import re
 import shutil
 import subprocess
 import tomllib
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ import yaml
 from nginx_check import check_with_local_layout
 
 from core.contract.dataset import REDIS_HASH_CONFIG
-from core.settings import Settings, env_name
+from core.settings import SERVICE_CONCERNS, DatasetSettings, env_names
 from stack.nginx import DEFAULTS, SERVER_PARAMS, TEMPLATE, placeholders
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -271,14 +270,14 @@ def test_passwords_come_from_the_environment() -> None:
 
 
 def test_app_environment_names_real_settings() -> None:
-    known = {env_name(f.name) for f in fields(Settings)}
+    known = env_names(*SERVICE_CONCERNS)
     for name in ("api", "seeder"):
         surge = {k for k in env_of(name) if k.startswith("SURGE_")}
         assert surge <= known, f"{name}: unknown settings {surge - known}"
         assert env_of(name)["SURGE_DATABASE_URL"].split("@")[1].startswith("postgres:5432/")
         assert env_of(name)["SURGE_REDIS_URL"].startswith("redis://redis:6379/")
     assert env_of("api")["GRANIAN_BACKPRESSURE"] == env_of("api")["SURGE_REDIS_POOL_SIZE"]
-    assert int(env_of("seeder")["SURGE_STUDENTS"]) == Settings().students
+    assert int(env_of("seeder")["SURGE_STUDENTS"]) == DatasetSettings().students
 
 
 def test_seeder_runs_a_declared_console_script() -> None:

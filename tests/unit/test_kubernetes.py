@@ -22,7 +22,6 @@ import subprocess
 import sysconfig
 import tomllib
 from collections.abc import Iterator
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -35,7 +34,7 @@ from nginx_check import check_with_local_layout
 from test_compose import SERVICES, env_of
 
 from api.app import create_app
-from core.settings import Settings, env_name
+from core.settings import SERVICE_CONCERNS, Settings, env_names
 from stack.nginx import DEFAULTS, SERVER_PARAMS, TEMPLATE, placeholders
 from stack.servers import GRANIAN_STOP_TIMEOUT
 
@@ -330,7 +329,7 @@ def test_replica_memory_follows_the_measured_figures(target: Path) -> None:
     # Enough for what a replica with the default dataset was measured to use, and for the
     # copy at its cap (a larger dataset): raising SURGE_LOCAL_CACHE_MB alone fails here.
     assert quantity(requests["memory"]) >= MEASURED_RSS_MB * mb
-    full_copy = settings.local_cache_mb * 2**20
+    full_copy = settings.api.local_cache_mb * 2**20
     assert quantity(limits["memory"]) >= (RSS_BEFORE_COPY_MB + LOAD_RSS_MB) * mb + full_copy
     # One worker, one event loop: about one core is what a replica can use.
     assert quantity(requests["cpu"]) == 1
@@ -384,7 +383,7 @@ def test_surge_pods_run_as_the_images_user() -> None:
 @parametrize_targets()
 def test_app_environment_names_real_settings_as_compose_does(target: Path) -> None:
     objects = render(target)
-    known = {env_name(f.name) for f in fields(Settings)}
+    known = env_names(*SERVICE_CONCERNS)
     compose_names = {"api": "api", "seed": "seeder", "keeper": "redis-keeper"}
     for workload, name in SURGE_CONTAINERS:
         env = container_env(objects, container(objects, workload, name))
