@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import importlib.util
 import logging
 import os
 import sys
@@ -137,6 +138,11 @@ class Reseeder:
         return self.state()
 
 
+def seeder_installed() -> bool:
+    """Whether `python -m seeder` can run here (a checkout or the seeder's image)."""
+    return importlib.util.find_spec("seeder") is not None
+
+
 async def _seeder_running_anywhere(lookup: Lookup) -> bool:
     try:
         async with lookup.postgres.connection() as conn:
@@ -208,6 +214,10 @@ def admin_router(settings: Settings, lookup: Lookup) -> Router | None:
 
     @post("/reseed", status_code=202, summary="Run the seeder in the background")
     async def reseed(reset: FromQuery[bool] = False) -> Response[Any]:
+        if not seeder_installed():
+            # The API's image leaves the seeder (and faker) out: seed with the seeder's image.
+            detail = "This replica's image has no seeder: run the seeder job instead."
+            return problem_response(501, "Not Implemented", detail)
         if reseeder.running or await _seeder_running_anywhere(lookup):
             return problem_response(409, "Conflict", "A reseed is already running.")
         state = await reseeder.start(reset)

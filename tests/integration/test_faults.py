@@ -105,7 +105,7 @@ def test_redis_timeouts_fall_back_without_opening_the_circuit(settings):
     from api.metrics import Metrics
 
     async def scenario(fault: Exception) -> tuple[bool, int]:
-        lookup = Lookup(settings, Metrics())
+        lookup = Lookup(settings.stores, settings.api, Metrics())
         calls = [0]
 
         async def hget(*_args):

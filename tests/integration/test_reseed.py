@@ -146,7 +146,7 @@ def test_postgres_reads_are_not_blocked_by_a_load(fresh, settings, pg, rds, rest
     assert not errors, errors
     assert timings, "no read happened during the load"
     assert max(timings) < FALLBACK_BOUND_S, f"slowest fallback read {max(timings):.3f} s"
-    assert pg.execute("SELECT count(*) FROM students").fetchone()[0] == bigger.students
+    assert pg.execute("SELECT count(*) FROM students").fetchone()[0] == bigger.dataset.students
     staged = pg.execute(
         "SELECT count(*) FROM pg_tables WHERE schemaname = %s", (STAGING_SCHEMA,)
     ).fetchone()[0]

@@ -185,9 +185,9 @@ def test_other_parameters_rebuild_only_that_dataset(seeded, settings, pg, rds, r
     assert report.datasets["students"].redis_skipped
     assert not report.datasets["bookings"].postgres_skipped
     assert not report.datasets["bookings"].redis_skipped
-    assert pg.execute("SELECT count(*) FROM bookings").fetchone()[0] == fewer.bookings
+    assert pg.execute("SELECT count(*) FROM bookings").fetchone()[0] == fewer.dataset.bookings
     # The bookings no longer in Postgres are gone from Redis too, not served stale.
-    assert redis_records(rds, BOOKINGS) == fewer.bookings
+    assert redis_records(rds, BOOKINGS) == fewer.dataset.bookings
     assert checksums(pg)["students"] == content_before["checksums"]["students"]
 
     other_seed = seed(settings.replace(seed=settings.dataset.seed + 1))

@@ -132,10 +132,14 @@ def test_no_image_names_a_registry_host() -> None:
         assert "/" not in service["image"] or not re.search(r"[.:]", first), (name, first)
 
 
-def test_app_services_share_one_local_image() -> None:
+def test_the_api_and_the_seeder_have_an_image_each() -> None:
     built = {name: s for name, s in SERVICES.items() if "build" in s}
-    assert set(built) == {"api", "seeder", "redis-keeper"}
-    assert {s["image"] for s in built.values()} == {"surge-app:local"}
+    images = {name: (s["image"], s["build"].get("target")) for name, s in built.items()}
+    assert images == {
+        "api": ("surge-api:local", "api"),
+        "seeder": ("surge-seeder:local", "seeder"),
+        "redis-keeper": ("surge-seeder:local", "seeder"),
+    }
 
 
 def test_nginx_image_supports_resolve_in_upstreams() -> None:
@@ -389,30 +393,53 @@ def test_grafana_provisioning() -> None:
 # the image
 
 
+def _stages() -> dict[str, tuple[str, list[tuple[str, str]]]]:
+    """The Dockerfile's stages: name -> (what it is FROM, its instructions)."""
+    text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())  # continuation lines
+    stages: dict[str, tuple[str, list[tuple[str, str]]]] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        op, args = line.split(None, 1)
+        if op == "FROM":
+            image, _, name = args.partition(" AS ")
+            stages[name] = (image, [])
+        else:
+            stages[next(reversed(stages))][1].append((op, args))
+    return stages
+
+
 def test_dockerfile() -> None:
     text = (ROOT / "Dockerfile").read_text()
-    joined = re.sub(r"\\\n", " ", text)  # continuation lines
-    instructions = [
-        line.split(None, 1) for line in joined.splitlines() if line and not line.startswith("#")
-    ]
-    froms = [args for op, args in instructions if op == "FROM"]
-    assert froms == ["python:3.11.13-slim-bookworm"]
-    copies = [args for op, args in instructions if op == "COPY"]
+    stages = _stages()
+    assert {name: image for name, (image, _) in stages.items()} == {
+        "base": "python:3.11.13-slim-bookworm",
+        "seeder": "base",
+        "api": "base",
+    }
+    assert list(stages)[-1] == "api", "a plain `docker build .` must give the API's image"
+    base = stages["base"][1]
     # Dependencies are installed from pyproject.toml alone, before any code is copied.
-    assert copies[0] == "pyproject.toml ./"
-    first_code = next(
-        i for i, (op, args) in enumerate(instructions) if op == "COPY" and "api" in args
-    )
-    first_install = next(
-        i for i, (op, args) in enumerate(instructions) if op == "RUN" and "pip install" in args
-    )
-    assert first_install < first_code
-    users = [args for op, args in instructions if op == "USER"]
-    assert users and users[-1].split(":")[0] not in {"0", "root"}
-    cmd = json.loads(next(args for op, args in instructions if op == "CMD"))
+    assert [args for op, args in base if op == "COPY"] == ["pyproject.toml ./"]
+    assert any(op == "RUN" and "pip install" in args for op, args in base)
+    for name in ("seeder", "api"):
+        ops = stages[name][1]
+        users = [args for op, args in ops if op == "USER"]
+        assert users and users[-1].split(":")[0] not in {"0", "root"}, name
+    api, seeder = stages["api"][1], stages["seeder"][1]
+    # The API's image has core and api, and neither the seeder nor its extra (faker).
+    assert [args for op, args in api if op == "COPY"] == ["core ./core", "api ./api"]
+    assert not any(op == "RUN" for op, _ in api)
+    assert [args for op, args in seeder if op == "COPY"] == ["core ./core", "seeder ./seeder"]
+    assert "['optional-dependencies']['seeder']" in next(a for op, a in seeder if op == "RUN")
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert not any(d.startswith("faker") for d in extras["dependencies"])
+    assert any(d.startswith("faker") for d in extras["optional-dependencies"]["seeder"])
+    cmd = json.loads(next(args for op, args in api if op == "CMD"))
     assert cmd[:5] == ["granian", "--interface", "asgi", "--factory", "api.app:create_app"]
     for flag in ("--no-ws", "uvloop", "0.0.0.0"):
         assert flag in cmd
+    assert json.loads(next(args for op, args in seeder if op == "CMD")) == ["surge-seed"]
     # No secrets, no package index named.
     code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
     assert not re.search(r"(?i)password|secret|token|index-url|://", code)
