@@ -191,7 +191,8 @@ class StackSettings:
     nginx_bin: str = ""
     """nginx to run (empty: on PATH, else Debian's /usr/sbin/nginx)."""
     pg_bin: str = ""
-    """Directory of Postgres's programs (empty: the newest /usr/lib/postgresql/*/bin, or PATH)."""
+    """Directory of Postgres's server programs (empty: Debian's newest /usr/lib/postgresql/*/bin,
+    then pg_config --bindir, then PATH)."""
     redis_server: str = ""
     """redis-server to run (empty: on PATH)."""
 
