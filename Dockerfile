@@ -1,6 +1,8 @@
-# The surge image: the API (default command: Granian serving api.app:create_app) and the seeder
-# (`surge-seed`, the one-shot job in compose.yaml). Build: `docker compose build`.
-FROM python:3.11.13-slim-bookworm
+# The surge images, from one Dockerfile (`docker compose build` builds both):
+#   api     (the default: the last stage) Granian serving api.app:create_app: core and api only,
+#           none of the seeder's generators (faker) or progress bars (rich)
+#   seeder  `surge-seed`: the one-shot job and the redis-keeper in compose.yaml
+FROM python:3.11.13-slim-bookworm AS base
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -18,14 +20,29 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
     && pip install -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
-# Then the code: the package itself (api, seeder, their package data and the surge-seed script).
-COPY api ./api
-COPY seeder ./seeder
-RUN pip install --no-deps . && rm -rf build ./*.egg-info
-
 # Never root at run time. No secrets here: database and Redis URLs come from the environment.
 RUN useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin surge
+
+FROM base AS seeder
+# The seeder's own pins (the `seeder` extra), then the package with core, the seeder and the
+# surge-seed script.
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['seeder']))" \
+        > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+COPY core ./core
+COPY seeder ./seeder
+RUN pip install --no-deps . && rm -rf build ./*.egg-info
+USER 10001:10001
+CMD ["surge-seed"]
+
+FROM base AS api
+# The code as it is, imported from /app: installing the package here would also install a
+# surge-seed script whose seeder this image does not have.
+COPY core ./core
+COPY api ./api
+ENV PYTHONPATH=/app
 USER 10001:10001
 
 EXPOSE 8000

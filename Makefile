@@ -40,10 +40,10 @@ test: deps ## Every test: unit, integration (real Postgres, Redis) and e2e (the 
 test-unit: deps ## The tests that need no server (tests/unit), in seconds
 	@$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
 
-lint: deps ## ruff check, ruff format --check, mypy --strict on api, seeder, stack, bench/capacity.py
+lint: deps ## ruff check, ruff format --check, mypy --strict on core, api, seeder, stack, bench/capacity.py
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/ruff format --check .
-	@$(VENV)/bin/mypy api seeder stack bench/capacity.py
+	@$(VENV)/bin/mypy core api seeder stack bench/capacity.py
 
 bench: deps ## Benchmark report vs the running stack: docs/benchmarks/report-<date>.md (BENCH_ARGS)
 	@$(PY) -m bench $(BENCH_ARGS)

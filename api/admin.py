@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import importlib.util
 import logging
 import os
 import sys
 import tempfile
-from dataclasses import fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,10 +25,10 @@ from litestar.exceptions import NotAuthorizedException, NotFoundException, Valid
 from litestar.handlers import BaseRouteHandler
 from litestar.params import FromPath, FromQuery
 
-from api.contract import DATASETS, LIVE_KEY, MARKER_KEY, parse_version, stamp
 from api.errors import problem_response
 from api.lookup import POSTGRES_FAULTS, REDIS_FAULTS, Lookup
-from api.settings import Settings, env_name
+from core.contract import DATASETS, LIVE_KEY, MARKER_KEY, parse_version, stamp
+from core.settings import Settings, env_name
 
 log = logging.getLogger("surge.admin")
 
@@ -121,9 +121,7 @@ class Reseeder:
 
     async def start(self, reset: bool) -> ReseedState:
         # The child seeds the stores this replica reads, whatever its own environment says.
-        env = dict(os.environ)
-        for f in fields(self.settings):
-            env[env_name(f.name)] = str(getattr(self.settings, f.name))
+        env = {**os.environ, **self.settings.as_env()}
         del env[env_name("admin_token")]  # the seeder has no use for it
         args = [sys.executable, "-m", "seeder", "--no-progress", *(["--reset"] if reset else [])]
         fd, self.log_path = tempfile.mkstemp(prefix="surge-reseed-", suffix=".log")
@@ -138,6 +136,11 @@ class Reseeder:
         self._reaper = asyncio.create_task(self.process.wait())
         self._reaper.add_done_callback(lambda _: log.info("reseed ended: %s", self.state()))
         return self.state()
+
+
+def seeder_installed() -> bool:
+    """Whether `python -m seeder` can run here (a checkout or the seeder's image)."""
+    return importlib.util.find_spec("seeder") is not None
 
 
 async def _seeder_running_anywhere(lookup: Lookup) -> bool:
@@ -200,7 +203,7 @@ async def _cache_view(lookup: Lookup, reseeder: Reseeder) -> CacheView:
 
 def admin_router(settings: Settings, lookup: Lookup) -> Router | None:
     """The /admin routes, or None when no admin token is configured."""
-    if not settings.admin_token:
+    if not settings.api.admin_token:
         return None
     reseeder = Reseeder(settings)
     by_name = {dataset.name: dataset for dataset in DATASETS}
@@ -211,6 +214,10 @@ def admin_router(settings: Settings, lookup: Lookup) -> Router | None:
 
     @post("/reseed", status_code=202, summary="Run the seeder in the background")
     async def reseed(reset: FromQuery[bool] = False) -> Response[Any]:
+        if not seeder_installed():
+            # The API's image leaves the seeder (and faker) out: seed with the seeder's image.
+            detail = "This replica's image has no seeder: run the seeder job instead."
+            return problem_response(501, "Not Implemented", detail)
         if reseeder.running or await _seeder_running_anywhere(lookup):
             return problem_response(409, "Conflict", "A reseed is already running.")
         state = await reseeder.start(reset)
@@ -236,7 +243,7 @@ def admin_router(settings: Settings, lookup: Lookup) -> Router | None:
     return Router(
         "/admin",
         route_handlers=[cache, reseed, refresh],
-        guards=[_bearer_guard(settings.admin_token)],
+        guards=[_bearer_guard(settings.api.admin_token)],
         include_in_schema=False,
     )
 

@@ -17,14 +17,14 @@ from litestar.static_files import create_static_files_router
 from swagger_ui_bundle import swagger_ui_path
 
 from api.admin import admin_router
-from api.contract import DATASETS, Dataset
 from api.errors import EXCEPTION_HANDLERS, Problem, not_found_detail, problem_response
 from api.fast_path import fast_records
 from api.http_cache import cache_control, validators
 from api.lookup import Lookup
 from api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from api.metrics import Metrics
-from api.settings import Settings
+from core.contract import DATASETS, Dataset
+from core.settings import ApiSettings, Settings
 
 _encode = msgspec.json.Encoder().encode
 
@@ -51,14 +51,14 @@ def readiness(components: dict[str, str]) -> Readiness:
     return Readiness("not ready", components)
 
 
-def record_route(dataset: Dataset, lookup: Lookup, settings: Settings) -> HTTPRouteHandler:
+def record_route(dataset: Dataset, lookup: Lookup, api: ApiSettings) -> HTTPRouteHandler:
     """GET /{dataset}/{id}: parse the id, look the record up, send its stored bytes as they are.
 
     Records this replica holds are answered before Litestar by api.fast_path, with the same
     bytes and headers; this is the path of every other lookup and the one the schema shows."""
     parse_id = dataset.parse_id
     not_found = not_found_detail(dataset.noun)
-    control = cache_control(settings)
+    control = cache_control(api)
 
     async def read_record(
         record_id: Annotated[str, Parameter(schema_extra={"pattern": dataset.id_pattern})],
@@ -125,8 +125,8 @@ def swagger_ui() -> SwaggerRenderPlugin:
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings.from_env()
     settings.refuse_unsafe_production()
-    metrics = Metrics(enabled=settings.metrics)
-    lookup = Lookup(settings, metrics)
+    metrics = Metrics(enabled=settings.api.metrics)
+    lookup = Lookup(settings.stores, settings.api, metrics)
     metrics.watch(lookup.stats)
 
     @asynccontextmanager
@@ -171,10 +171,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     app = Litestar(
         route_handlers=[
-            *(record_route(d, lookup, settings) for d in DATASETS),
+            *(record_route(d, lookup, settings.api) for d in DATASETS),
             health,
             ready,
-            *([prometheus_metrics] if settings.metrics else []),
+            *([prometheus_metrics] if settings.api.metrics else []),
             *([admin] if (admin := admin_router(settings, lookup)) else []),
             create_static_files_router(DOCS_ASSETS, [swagger_ui_path], name="docs-assets"),
         ],
@@ -191,9 +191,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
         debug=False,
     )
     app.state.lookup = lookup
-    if settings.metrics:
+    if settings.api.metrics:
         # Outermost, around routing itself, so unknown routes (404) and 405s are counted too.
         app.asgi_handler = metrics.middleware(app.asgi_handler)
     # Outside the metrics middleware: the fast path counts its own requests, more cheaply.
-    app.asgi_handler = fast_records(app.asgi_handler, lookup, metrics, settings)
+    app.asgi_handler = fast_records(app.asgi_handler, lookup, metrics, settings.api)
     return app

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 
 from litestar.enums import ScopeType
 
-from api.contract import DATASETS
 from api.errors import PROBLEM_MEDIA_TYPE, not_found_detail, problem_body
 from api.http_cache import cache_control, validators
+from core.contract import DATASETS
 
 if TYPE_CHECKING:
     from litestar.types import (
@@ -30,16 +30,16 @@ if TYPE_CHECKING:
 
     from api.lookup import Lookup
     from api.metrics import Metrics
-    from api.settings import Settings
+    from core.settings import ApiSettings
 
 JSON = b"application/json"
 PROBLEM = PROBLEM_MEDIA_TYPE.encode()
 
 
-def fast_records(app: ASGIApp, lookup: Lookup, metrics: Metrics, settings: Settings) -> ASGIApp:
+def fast_records(app: ASGIApp, lookup: Lookup, metrics: Metrics, api: ApiSettings) -> ASGIApp:
     by_prefix = {f"/{d.name}/": d for d in DATASETS}
     local = lookup.local
-    control = cache_control(settings)
+    control = cache_control(api)
     outcome = {200: "local_hit", 304: "local_hit", 404: "not_in_live_version"}
     counted = {
         (d.name, method, status): (

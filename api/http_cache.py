@@ -9,17 +9,15 @@ from __future__ import annotations
 
 from hashlib import blake2b
 
-from api.settings import Settings
+from core.settings import ApiSettings
 
 
 def etag(body: bytes) -> bytes:
     return b'"' + blake2b(body, digest_size=12).hexdigest().encode() + b'"'
 
 
-def cache_control(settings: Settings) -> bytes:
-    return (
-        f"public, max-age={settings.http_max_age}, stale-if-error={settings.http_stale_if_error}"
-    ).encode()
+def cache_control(api: ApiSettings) -> bytes:
+    return f"public, max-age={api.http_max_age}, stale-if-error={api.http_stale_if_error}".encode()
 
 
 def validators(

@@ -12,7 +12,7 @@ import asyncio
 from collections import OrderedDict
 from typing import Any
 
-from api.contract import Dataset
+from core.contract import Dataset
 
 # What one entry costs beyond its body: the dict slot, the key and the bytes object's header.
 ENTRY_OVERHEAD = 120

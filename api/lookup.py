@@ -27,7 +27,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.observability.attributes import DB_CLIENT_CONNECTION_STATE, ConnectionState
 from redis.retry import Retry
 
-from api.contract import (
+from api.errors import ServiceUnavailable
+from api.local_cache import LocalCache
+from api.metrics import CopyStats, LookupStats, Metrics
+from core.contract import (
     DATASETS,
     LIVE_KEY,
     MARKER_KEY,
@@ -39,10 +42,7 @@ from api.contract import (
     Dataset,
     parse_version,
 )
-from api.errors import ServiceUnavailable
-from api.local_cache import LocalCache
-from api.metrics import CopyStats, LookupStats, Metrics
-from api.settings import Settings
+from core.settings import ApiSettings, StoreSettings
 
 log = logging.getLogger("surge.lookup")
 T = TypeVar("T")
@@ -161,17 +161,16 @@ class NegativeCache:
 class Lookup:
     """Owns the Redis and Postgres pools of one replica and answers record lookups."""
 
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
-        self.settings = settings
+    def __init__(self, stores: StoreSettings, api: ApiSettings, metrics: Metrics) -> None:
+        self.stores = stores
+        self.api = api
         self.metrics = metrics
-        self.breaker = CircuitBreaker(
-            settings.redis_breaker_failures, settings.redis_breaker_cooldown
-        )
-        self.unknown = NegativeCache(settings.negative_cache_ttl, settings.negative_cache_size)
+        self.breaker = CircuitBreaker(stores.redis_breaker_failures, stores.redis_breaker_cooldown)
+        self.unknown = NegativeCache(api.negative_cache_ttl, api.negative_cache_size)
         # The Redis version each dataset is read from and written back to, as this replica last
         # read {surge}:live; refreshed in the background (watch_live), never per request.
         self.live: dict[str, int] = {d.name: UNSEEDED_VERSION for d in DATASETS}
-        self.local = LocalCache(settings.local_cache_mb * 2**20)
+        self.local = LocalCache(api.local_cache_mb * 2**20)
         for name, version in self.live.items():
             self.local.switch(name, version)
         # The newest single-record refresh this replica has applied ({surge}:refreshed stream id).
@@ -180,22 +179,22 @@ class Lookup:
         self._warmers: dict[str, asyncio.Task[int]] = {}
         self.redis: RedisClient
         self.warm_redis: RedisClient
-        if settings.cluster:
+        if stores.cluster:
             # Per node: as many connections as the replica's concurrency cap. No retries of a
             # failed call either (MOVED and ASK are still followed: they are not failures); a
             # connection error makes the client read the slot map again on its next call.
             self.redis = aioredis.RedisCluster.from_url(
-                settings.redis_url,
-                max_connections=settings.redis_pool_size,
-                socket_timeout=settings.redis_timeout,
-                socket_connect_timeout=settings.redis_timeout,
+                stores.redis_url,
+                max_connections=stores.redis_pool_size,
+                socket_timeout=stores.redis_timeout,
+                socket_connect_timeout=stores.redis_timeout,
                 retry=Retry(NoBackoff(), 0),
             )
             self.warm_redis = aioredis.RedisCluster.from_url(
-                settings.redis_url,
+                stores.redis_url,
                 max_connections=len(DATASETS),  # per node: one for each dataset's warm-up
                 socket_timeout=WARM_TIMEOUT_S,
-                socket_connect_timeout=settings.redis_timeout,
+                socket_connect_timeout=stores.redis_timeout,
                 retry=Retry(NoBackoff(), 0),
             )
         else:
@@ -203,10 +202,10 @@ class Lookup:
             # it cannot run dry; no retries: a failed call falls back to Postgres at once.
             self.redis = aioredis.Redis(
                 connection_pool=aioredis.ConnectionPool.from_url(
-                    settings.redis_url,
-                    max_connections=settings.redis_pool_size,
-                    socket_timeout=settings.redis_timeout,
-                    socket_connect_timeout=settings.redis_timeout,
+                    stores.redis_url,
+                    max_connections=stores.redis_pool_size,
+                    socket_timeout=stores.redis_timeout,
+                    socket_connect_timeout=stores.redis_timeout,
                     retry=Retry(NoBackoff(), 0),
                 )
             )
@@ -214,21 +213,21 @@ class Lookup:
             # one made the second fail at once and start over): their pipelines carry ~1,000
             # records, which a busy replica may take longer than SURGE_REDIS_TIMEOUT to read.
             self.warm_redis = aioredis.Redis.from_url(
-                settings.redis_url,
+                stores.redis_url,
                 max_connections=len(DATASETS),
                 socket_timeout=WARM_TIMEOUT_S,
-                socket_connect_timeout=settings.redis_timeout,
+                socket_connect_timeout=stores.redis_timeout,
                 retry=Retry(NoBackoff(), 0),
             )
         # The primary: misses when there is no standby (or it fails), admin routes, refreshes.
-        self.postgres = self._pool(settings.database_url, "surge", checked=True)
+        self.postgres = self._pool(stores.database_url, "surge", checked=True)
         # Misses go to the standby while it answers and keeps up. Its connections are not
         # checked when taken: a dead standby then fails the query itself at once (~1 ms on
         # loopback, measured) and the request reads the primary, where a check made psycopg_pool
         # retry with a 1 s backoff and the lookup wait out SURGE_PG_WAIT_TIMEOUT (0.5 s) first.
         self.standby = (
-            self._pool(settings.standby_url, "surge-standby", checked=False)
-            if settings.standby_url
+            self._pool(stores.standby_url, "surge-standby", checked=False)
+            if stores.standby_url
             else None
         )
         # Whether misses read the standby now: off after any failure there (the next requests go
@@ -241,19 +240,19 @@ class Lookup:
     def _pool(self, url: str, name: str, *, checked: bool) -> AsyncConnectionPool:
         # Postgres serves misses only: a few connections, a short bounded queue, and a quick
         # reconnect cycle (psycopg_pool's defaults: 30 s waits, unbounded queue, 5 min backoff).
-        settings = self.settings
+        api = self.api
         return AsyncConnectionPool(
             url,
-            min_size=settings.pg_pool_min,
-            max_size=settings.pg_pool_max,
-            timeout=settings.pg_wait_timeout,
-            max_waiting=settings.pg_max_waiting,
+            min_size=api.pg_pool_min,
+            max_size=api.pg_pool_max,
+            timeout=api.pg_wait_timeout,
+            max_waiting=api.pg_max_waiting,
             reconnect_timeout=2.0,
             check=AsyncConnectionPool.check_connection if checked else None,
             kwargs={
                 "autocommit": True,
-                "connect_timeout": settings.pg_connect_timeout,
-                "options": f"-c statement_timeout={settings.pg_statement_timeout_ms}",
+                "connect_timeout": api.pg_connect_timeout,
+                "options": f"-c statement_timeout={api.pg_statement_timeout_ms}",
             },
             open=False,
             name=name,
@@ -394,7 +393,7 @@ class Lookup:
     async def _watch_live(self) -> None:
         rounds = 0
         while True:
-            await asyncio.sleep(self.settings.live_refresh_interval)
+            await asyncio.sleep(self.api.live_refresh_interval)
             rounds += 1
             try:
                 await self.refresh_live()
@@ -490,7 +489,7 @@ class Lookup:
             log.warning("redis refresh failed: %r", exc)
             raise ServiceUnavailable(
                 detail="The cache is unavailable; retry shortly.",
-                headers={"Retry-After": str(self.settings.retry_after)},
+                headers={"Retry-After": str(self.api.retry_after)},
             ) from None
         self.unknown.discard((dataset.name, record_id))
         self.local.discard(dataset.name, record_id)
@@ -519,7 +518,7 @@ class Lookup:
             log.warning("postgres read failed: %r", exc)
             raise ServiceUnavailable(
                 detail="The record store is unavailable; retry shortly.",
-                headers={"Retry-After": str(self.settings.retry_after)},
+                headers={"Retry-After": str(self.api.retry_after)},
             ) from None
 
     async def _primary_position(self) -> str | None:
@@ -556,7 +555,7 @@ class Lookup:
         call = asyncio.ensure_future(work)
         self._standby_calls.add(call)  # a strong reference, so it is not collected mid-way
         call.add_done_callback(_forget_call(self._standby_calls))
-        return await asyncio.wait_for(asyncio.shield(call), self.settings.pg_wait_timeout)
+        return await asyncio.wait_for(asyncio.shield(call), self.api.pg_wait_timeout)
 
     async def _watch_standby(self) -> None:
         """Send misses back to the standby once it answers and holds all the primary had written
@@ -587,7 +586,7 @@ class Lookup:
         position = await self._primary_position()
         if position is None:
             return  # the primary went away since the read: nothing to compare with
-        deadline = time.monotonic() + self.settings.standby_replay_timeout
+        deadline = time.monotonic() + self.stores.standby_replay_timeout
         while True:
             try:
                 if await self._standby_replayed(position):
@@ -598,7 +597,7 @@ class Lookup:
             if time.monotonic() > deadline:
                 raise ServiceUnavailable(
                     detail="The standby has not replayed the record yet; retry shortly.",
-                    headers={"Retry-After": str(self.settings.retry_after)},
+                    headers={"Retry-After": str(self.api.retry_after)},
                 )
             await asyncio.sleep(STANDBY_POLL_S)
 

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import redis
 
-from api.contract import STUDENTS
-from api.settings import Settings
 from bench.machine import machine
 from bench.wrk import random_students
+from core.contract import STUDENTS
+from core.settings import Settings
 from seeder.generate import FIRST_STUDENT_ID
 from stack.servers import free_port, granian_command, stop_children, wait_for
 
@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit("wrk is missing: `make deps` installs it")
 
     settings = Settings.from_env()
-    last_id = FIRST_STUDENT_ID + settings.students - 1
-    probe = redis.Redis.from_url(settings.redis_url)
+    last_id = FIRST_STUDENT_ID + settings.dataset.students - 1
+    probe = redis.Redis.from_url(settings.stores.redis_url)
     if probe.hget(*STUDENTS.live_slot(probe, last_id)) is None:
         sys.exit(f"student {last_id} is not in Redis: seed first (`make up`)")
     probe.close()
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name, (factory, app_env) in APPS.items():
             port = free_port()
-            cmd = granian_command(factory, port, settings.redis_pool_size)
+            cmd = granian_command(factory, port, settings.stores.redis_pool_size)
             quiet = subprocess.DEVNULL
             procs.append(
                 subprocess.Popen(cmd, cwd=ROOT, env={**env, **app_env}, stdout=quiet, stderr=quiet)
@@ -128,8 +128,9 @@ def markdown(results: dict[str, list[dict[str, float]]], args: argparse.Namespac
 
 Command: `make bench` (this part: `.venv/bin/python -m bench.api --seconds {args.seconds} \
 --rounds {args.rounds} --connections {args.connections}`), against the stores `make up` seeded.
-Load: `wrk -t1 -c{args.connections}` with random student ids over {settings.students:,} records,
-straight to one Granian worker each (no nginx), rounds alternating between the two apps.
+Load: `wrk -t1 -c{args.connections}` with random student ids over \
+{settings.dataset.students:,} records, straight to one Granian worker each (no nginx), rounds \
+alternating between the two apps.
 
 | app | req/s (median) | req/s per round | p50 ms | p99 ms | errors |
 |---|---|---|---|---|---|

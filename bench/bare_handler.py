@@ -10,14 +10,16 @@ import redis
 import redis.asyncio as aioredis
 from litestar import Litestar, MediaType, Response, get
 
-from api.contract import LIVE_KEY, STUDENTS, parse_version
-from api.settings import Settings
+from core.contract import LIVE_KEY, STUDENTS, parse_version
+from core.settings import Settings
 
 
 def create_app() -> Litestar:
     settings = Settings.from_env()
-    client = aioredis.Redis.from_url(settings.redis_url, max_connections=settings.redis_pool_size)
-    with redis.Redis.from_url(settings.redis_url) as probe:  # the live version, once
+    client = aioredis.Redis.from_url(
+        settings.stores.redis_url, max_connections=settings.stores.redis_pool_size
+    )
+    with redis.Redis.from_url(settings.stores.redis_url) as probe:  # the live version, once
         version = parse_version(probe.hget(LIVE_KEY, STUDENTS.name))
 
     @get("/students/{student_id:int}")

@@ -43,10 +43,10 @@ from urllib.parse import urlsplit
 
 import redis
 
-from api.contract import DATASETS, LIVE_KEY, MARKER_KEY, parse_version
-from api.settings import Settings
 from bench.resources import rss_bytes, scrape
 from bench.wrk import wrk
+from core.contract import DATASETS, LIVE_KEY, MARKER_KEY, parse_version
+from core.settings import Settings
 from seeder.generate import FIRST_STUDENT_ID
 from stack.servers import child_pids, free_port, granian_command, stop_children, wait_for
 
@@ -231,9 +231,9 @@ def _warmed(log: Path, datasets: list[str]) -> bool:
 def step(bench: BenchLike) -> dict[str, Any]:
     settings, work = bench.settings, bench.work
     seconds = int(bench.p["seconds"])
-    last_id = FIRST_STUDENT_ID + settings.students - 1
+    last_id = FIRST_STUDENT_ID + settings.dataset.students - 1
     pace = CONNECTIONS * 1000 / RATE
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis.Redis.from_url(settings.stores.redis_url)
     try:
         records, redis_bytes, body_bytes = dataset_memory(client)
     finally:
@@ -245,14 +245,16 @@ def step(bench: BenchLike) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     runs: dict[str, dict[str, Any]] = {}
     with contextlib.ExitStack() as stack:
-        empty_url, clear = stack.enter_context(empty_database(settings.redis_url))
+        empty_url, clear = stack.enter_context(empty_database(settings.stores.redis_url))
         stack.callback(stop_children, procs.values())
         for name, extra in REPLICAS.items():
             ports[name] = free_port()
             app_env = {**env, **extra}
             if name == "Postgres":
                 app_env["SURGE_REDIS_URL"] = empty_url
-            cmd = granian_command("api.app:create_app", ports[name], settings.redis_pool_size)
+            cmd = granian_command(
+                "api.app:create_app", ports[name], settings.stores.redis_pool_size
+            )
             # The copy replica's log says when its warm-up is done; the others' is not read.
             with open(log if name == "copy" else os.devnull, "ab") as err:
                 procs[name] = subprocess.Popen(
@@ -290,7 +292,7 @@ def step(bench: BenchLike) -> dict[str, Any]:
         rss_copy = float(rss_bytes(group("copy")["api-1"]))
         rss_without = float(rss_bytes(group("Redis")["api-1"]))
     measured = figures(
-        runs, records, redis_bytes, body_bytes, rss_copy, rss_without, settings.pg_pool_max
+        runs, records, redis_bytes, body_bytes, rss_copy, rss_without, settings.api.pg_pool_max
     )
     rows = ["| figure | value | how |", "|---|---|---|"]
     rows += [
@@ -305,7 +307,7 @@ def step(bench: BenchLike) -> dict[str, Any]:
         f"bench/statuses.lua, random students, -c{CONNECTIONS}, each connection pausing "
         f"{pace:.0f} ms on average (about {RATE:,} lookups/s, the reference ramp's rate, each "
         f"arriving alone), {seconds} s. `Postgres pool`: the Postgres replica without pauses, "
-        f"its {settings.pg_pool_max} pool connections the bottleneck. Records: "
+        f"its {settings.api.pg_pool_max} pool connections the bottleneck. Records: "
         + ", ".join(f"{n} {c:,}" for n, c in records.items())
         + ".",
         "runs": runs,

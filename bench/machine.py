@@ -10,7 +10,7 @@ from pathlib import Path
 import psycopg
 import redis
 
-from api.settings import Settings
+from core.settings import Settings
 
 PACKAGES = (
     "litestar", "granian", "uvloop", "psycopg", "psycopg-binary", "psycopg-pool", "redis",
@@ -28,7 +28,7 @@ def _cpu_model() -> str:
 
 
 def machine(settings: Settings) -> list[tuple[str, str]]:
-    with psycopg.connect(settings.database_url) as conn:
+    with psycopg.connect(settings.stores.database_url) as conn:
         pg = {
             name: conn.execute(f"SHOW {name}").fetchone()[0]
             for name in (
@@ -41,7 +41,7 @@ def machine(settings: Settings) -> list[tuple[str, str]]:
                 "max_wal_size",
             )
         }
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis.Redis.from_url(settings.stores.redis_url)
     redis_version = client.info("server")["redis_version"]
     client.close()
     versions = ", ".join(f"{p} {_version(p)}" for p in PACKAGES)

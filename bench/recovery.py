@@ -28,10 +28,10 @@ from typing import Any, Protocol
 
 import redis
 
-from api.contract import LIVE_KEY, MARKER_KEY, STUDENTS
-from api.settings import Settings
 from bench.report_render import FULL_LOAD
 from bench.resources import Periodic, Probe, Resources, scrape, wait_copies
+from core.contract import LIVE_KEY, MARKER_KEY, STUDENTS
+from core.settings import Settings
 from seeder.generate import FIRST_STUDENT_ID
 from stack.launcher import Stack
 from stack.servers import HOST
@@ -224,7 +224,7 @@ def redis_empty(bench: Bench) -> dict[str, Any]:
     # with needs a load that takes all of it, as the capacity run does.
     full: tuple[int, str | None] = (bench.capacity_connections(), None)
     copy_off = {"SURGE_LOCAL_CACHE_MB": "0"}
-    client = redis.Redis.from_url(bench.settings.redis_url, socket_timeout=5)
+    client = redis.Redis.from_url(bench.settings.stores.redis_url, socket_timeout=5)
     runs: dict[str, dict[str, Any]] = {}
     figures: dict[str, dict[str, float | None]] = {}
     notes = []
@@ -320,7 +320,7 @@ def make_up_postgres(settings: Settings) -> Stack:
     launcher = Stack()
     proc = launcher.process("postgres")
     port = launcher.layout.pg_port
-    if proc is None or not proc.live or f":{port}/" not in settings.database_url:
+    if proc is None or not proc.live or f":{port}/" not in settings.stores.database_url:
         raise RuntimeError(
             "postgres_gone stops `make up`'s own Postgres: run `make up` (not SURGE_DATABASE_URL)"
         )
@@ -334,7 +334,7 @@ def postgres_gone(bench: Bench) -> dict[str, Any]:
     capacity = bench.capacity()["rps"]
     connections = PACED_CONNECTIONS
     misses = list(range(bench.last_id - MISSES + 1, bench.last_id + 1))
-    client = redis.Redis.from_url(bench.settings.redis_url, socket_timeout=5)
+    client = redis.Redis.from_url(bench.settings.stores.redis_url, socket_timeout=5)
     bench.top.launcher("up", SURGE_LOCAL_CACHE_MB="0")
     try:
         for sid in misses:

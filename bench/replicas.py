@@ -36,10 +36,10 @@ from pathlib import Path
 
 import redis
 
-from api.contract import STUDENTS
-from api.settings import Settings
 from bench.machine import machine
 from bench.wrk import random_students
+from core.contract import STUDENTS
+from core.settings import Settings
 from seeder.generate import FIRST_STUDENT_ID
 from stack.launcher import Layout, Stack, default_replicas, spare_env
 from stack.servers import HOST
@@ -77,11 +77,11 @@ class Topology:
         self.env.update(spare_env(self.run))
         self.env.update(
             {
-                "SURGE_DATABASE_URL": settings.database_url,
-                "SURGE_REDIS_URL": settings.redis_url,
-                "SURGE_STUDENTS": str(settings.students),
-                "SURGE_BOOKINGS": str(settings.bookings),
-                "SURGE_SEED": str(settings.seed),
+                "SURGE_DATABASE_URL": settings.stores.database_url,
+                "SURGE_REDIS_URL": settings.stores.redis_url,
+                "SURGE_STUDENTS": str(settings.dataset.students),
+                "SURGE_BOOKINGS": str(settings.dataset.bookings),
+                "SURGE_SEED": str(settings.dataset.seed),
                 "SURGE_RATE_LIMIT": "off",
                 "SURGE_MONITORING": "off",
             }
@@ -171,14 +171,14 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit("wrk is missing: `make deps` installs it")
 
     settings = Settings.from_env()
-    last_id = FIRST_STUDENT_ID + settings.students - 1
+    last_id = FIRST_STUDENT_ID + settings.dataset.students - 1
     try:
-        probe = redis.Redis.from_url(settings.redis_url)
+        probe = redis.Redis.from_url(settings.stores.redis_url)
         seeded = probe.hget(*STUDENTS.live_slot(probe, last_id)) is not None
         redis_pid = int(probe.info("server")["process_id"])
         probe.close()
     except redis.RedisError as e:
-        sys.exit(f"Redis at {settings.redis_url} does not answer ({e}): `make up` first")
+        sys.exit(f"Redis at {settings.stores.redis_url} does not answer ({e}): `make up` first")
     if not seeded:
         sys.exit(f"student {last_id} is not in Redis: seed first (`make up`)")
 
@@ -261,8 +261,8 @@ nginx's error log over the whole benchmark (warm-ups and switches included):
     counts = ",".join(str(n) for n in results)
     return f"""# Replicas behind nginx: {counts} ({datetime.date.today().isoformat()})
 
-Command: `make bench`; this part, against seeded stores ({settings.students:,} students; Redis
-{settings.redis_url}):
+Command: `make bench`; this part, against seeded stores ({settings.dataset.students:,} students; Redis
+{settings.stores.redis_url}):
 
     .venv/bin/python -m bench.replicas --replicas {counts} --seconds {args.seconds} \
 --rounds {args.rounds} --connections {args.connections}

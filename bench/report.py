@@ -74,8 +74,6 @@ from typing import Any
 
 import redis
 
-from api.contract import LIVE_KEY, STUDENTS, parse_version
-from api.settings import Settings
 from bench import capacity_figures, recovery, report_render, tiers
 from bench.api import APPS as DIRECT_APPS
 from bench.api import answers
@@ -86,6 +84,8 @@ from bench.replicas import Topology as LauncherTopology
 from bench.replicas import busy_cores_seconds, cpu_seconds
 from bench.resources import Periodic, Probe, Resources, scrape, wait_copies
 from bench.wrk import random_students, wrk
+from core.contract import LIVE_KEY, STUDENTS, parse_version
+from core.settings import Settings
 from seeder.generate import FIRST_STUDENT_ID
 from stack.nginx import NginxServer, knobs_from_env, local_values
 from stack.servers import (
@@ -176,13 +176,13 @@ def store_pids(settings: Settings) -> dict[str, list[int]]:
     """Redis (its INFO pid) and Postgres (postmaster and its children), when local."""
     out: dict[str, list[int]] = {}
     with contextlib.suppress(Exception):
-        client = redis.Redis.from_url(settings.redis_url)
+        client = redis.Redis.from_url(settings.stores.redis_url)
         out["redis"] = [int(client.info("server")["process_id"])]
         client.close()
     with contextlib.suppress(Exception):
         import psycopg
 
-        with psycopg.connect(settings.database_url) as conn:
+        with psycopg.connect(settings.stores.database_url) as conn:
             data_dir = conn.execute("SHOW data_directory").fetchone()[0]
         postmaster = int((Path(data_dir) / "postmaster.pid").read_text().split()[0])
         out["postgres"] = with_children(postmaster)
@@ -468,7 +468,9 @@ class BareTopology:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.ports = [free_port() for _ in range(replicas)]
         for port in self.ports:
-            cmd = granian_command("bench.bare_handler:create_app", port, settings.redis_pool_size)
+            cmd = granian_command(
+                "bench.bare_handler:create_app", port, settings.stores.redis_pool_size
+            )
             self.procs.append(
                 subprocess.Popen(
                     cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -512,7 +514,7 @@ class Bench:
         self.settings = settings
         self.p = profile
         self.work = work
-        self.last_id = FIRST_STUDENT_ID + settings.students - 1
+        self.last_id = FIRST_STUDENT_ID + settings.dataset.students - 1
         self.stores = lambda: store_pids(settings)
         self._top: Topology | None = None
         self.capacity_run: dict[str, Any] | None = None
@@ -592,7 +594,7 @@ class Bench:
         """One k6 scenario against the floor (nginx alone), the bare handler and surge, in that
         order, in the same run: the same generator and machine for all three."""
         self.top.scale(self.default_replicas)
-        k6_env = {"SURGE_STUDENTS": str(self.settings.students), **env}
+        k6_env = {"SURGE_STUDENTS": str(self.settings.dataset.students), **env}
         timeout, work = self.p["k6_timeout"], self.work / "k6"
         beside: dict[str, dict[str, Any]] = {}
         with Floor(self.work / "nginx-floor") as floor:
@@ -644,7 +646,7 @@ class Bench:
 
     def results_day(self) -> dict[str, Any]:
         self.top.scale(self.default_replicas)
-        env = {"SURGE_STUDENTS": str(self.settings.students), **self.p["results_day_env"]}
+        env = {"SURGE_STUDENTS": str(self.settings.dataset.students), **self.p["results_day_env"]}
         run, timeline = self.surge_k6("results-day", env)
         lookups = run["store"]["lookups"]
         total = sum(lookups.values()) or 1.0
@@ -678,7 +680,7 @@ class Bench:
         count = self.p["cold_ids"]
         self.surge_wrk()  # warm-up: connections and pools
         runs: dict[str, dict[str, Any]] = {}
-        client = redis.Redis.from_url(self.settings.redis_url)
+        client = redis.Redis.from_url(self.settings.stores.redis_url)
         try:
             runs["warm"] = self.surge_wrk(
                 "student_pass.lua", FIRST_STUDENT_ID, self.last_id, count, 1
@@ -744,7 +746,7 @@ class Bench:
         try:
             for name, (factory, app_env) in apps.items():
                 ports[name] = free_port()
-                cmd = granian_command(factory, ports[name], self.settings.redis_pool_size)
+                cmd = granian_command(factory, ports[name], self.settings.stores.redis_pool_size)
                 procs[name] = subprocess.Popen(
                     cmd,
                     cwd=ROOT,
@@ -959,7 +961,7 @@ def write_booking_ids(settings: Settings, path: Path, count: int = 5_000) -> Non
     """Real booking ids for the soak's mix, written by k6/export_ids.py as for the k6 scripts."""
     subprocess.run(
         [sys.executable, str(ROOT / "k6/export_ids.py"), "--count", str(count), "--out", str(path),
-         "--database-url", settings.database_url],
+         "--database-url", settings.stores.database_url],
         cwd=ROOT, check=True, timeout=120, stdout=subprocess.DEVNULL,
     )  # fmt: skip
 
@@ -982,8 +984,8 @@ def reseed(client: redis.Redis, settings: Settings) -> None:
     clear_live_students(client)
     env = {
         **os.environ,
-        "SURGE_DATABASE_URL": settings.database_url,
-        "SURGE_REDIS_URL": settings.redis_url,
+        "SURGE_DATABASE_URL": settings.stores.database_url,
+        "SURGE_REDIS_URL": settings.stores.redis_url,
     }
     subprocess.run(
         [str(ROOT / ".venv/bin/surge-seed"), "--no-progress"],
@@ -993,7 +995,7 @@ def reseed(client: redis.Redis, settings: Settings) -> None:
         timeout=900,
         stdout=subprocess.DEVNULL,
     )
-    last = FIRST_STUDENT_ID + settings.students - 1
+    last = FIRST_STUDENT_ID + settings.dataset.students - 1
     if client.hget(*STUDENTS.live_slot(client, last)) is None:
         raise RuntimeError(f"after surge-seed, student {last} is still not in Redis")
 
@@ -1028,13 +1030,13 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"{K6} is missing: `make deps` installs it")
 
     settings = Settings.from_env()
-    last_id = FIRST_STUDENT_ID + settings.students - 1
+    last_id = FIRST_STUDENT_ID + settings.dataset.students - 1
     try:
-        probe = redis.Redis.from_url(settings.redis_url)
+        probe = redis.Redis.from_url(settings.stores.redis_url)
         seeded = probe.hget(*STUDENTS.live_slot(probe, last_id)) is not None
         probe.close()
     except redis.RedisError as e:
-        sys.exit(f"Redis at {settings.redis_url} does not answer ({e}): `make up` first")
+        sys.exit(f"Redis at {settings.stores.redis_url} does not answer ({e}): `make up` first")
     if not seeded:
         sys.exit(f"student {last_id} is not in Redis: seed first (`make up`)")
 
@@ -1056,11 +1058,13 @@ def main(argv: list[str] | None = None) -> int:
             "nproc": os.cpu_count() or 1,
             "machine": [*(list(kv) for kv in machine(settings)), ["k6", k6_version(K6)]],
             "config": {
-                "students": f"{settings.students:,} (ids {FIRST_STUDENT_ID:,}..{last_id:,})",
+                "students": (
+                    f"{settings.dataset.students:,} (ids {FIRST_STUDENT_ID:,}..{last_id:,})"
+                ),
                 "replicas (default)": str(bench.default_replicas),
                 "nginx": "one worker, rate limit off, the project's template",
                 "Granian": "one worker per replica (stack.servers.granian_command)",
-                "Redis pool / backpressure": str(settings.redis_pool_size),
+                "Redis pool / backpressure": str(settings.stores.redis_pool_size),
                 "wrk": f"-t1 -c{profile['connections']} -d{profile['seconds']}s",
                 "rounds": str(profile["rounds"]),
                 "steps": ", ".join(steps),

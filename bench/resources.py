@@ -33,7 +33,7 @@ from typing import Self
 import psycopg
 import redis
 
-from api.settings import Settings
+from core.settings import Settings
 from seeder.generate import FIRST_STUDENT_ID
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -195,8 +195,10 @@ class Resources(Periodic):
         self.samples.append(point)
 
     def __enter__(self) -> Self:
-        self._redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=2)
-        self._pg = psycopg.connect(self.settings.database_url, autocommit=True, connect_timeout=5)
+        self._redis = redis.Redis.from_url(self.settings.stores.redis_url, socket_timeout=2)
+        self._pg = psycopg.connect(
+            self.settings.stores.database_url, autocommit=True, connect_timeout=5
+        )
         self._start = time.monotonic()
         return super().__enter__()
 

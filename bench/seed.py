@@ -13,7 +13,6 @@ Without URLs, the Postgres server it starts has default durability settings (fsy
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import statistics
 import tempfile
@@ -21,8 +20,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from api.settings import Settings
 from bench.machine import machine
+from core.settings import Settings
 from seeder import SeedReport, seed
 from seeder.core import run
 from seeder.progress import PlainReporter
@@ -55,11 +54,12 @@ def markdown(
 ) -> str:
     totals = [r.seconds for r in runs]
     best = min(runs, key=lambda r: r.seconds)
+    data = settings.dataset
     lines = [
         f"# Seed benchmark, {datetime.date.today().isoformat()}",
         "",
-        f"`python -m bench.seed` — {settings.students:,} students and {settings.bookings:,} "
-        f"bookings (seed {settings.seed}) into Postgres (COPY) and Redis (from Postgres), "
+        f"`python -m bench.seed` — {data.students:,} students and {data.bookings:,} "
+        f"bookings (seed {data.seed}) into Postgres (COPY) and Redis (from Postgres), "
         f"`seed(reset=True)` in-process, {len(runs)} run(s).",
         "",
         f"**Full seed: best {min(totals):.1f} s, median {statistics.median(totals):.1f} s** "
@@ -101,9 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--database-url", help="existing Postgres (default: start one)")
     parser.add_argument("--redis-url", help="existing Redis (default: start one)")
-    parser.add_argument("--students", type=int, default=defaults.students)
-    parser.add_argument("--bookings", type=int, default=defaults.bookings)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--students", type=int, default=defaults.dataset.students)
+    parser.add_argument("--bookings", type=int, default=defaults.dataset.bookings)
+    parser.add_argument("--seed", type=int, default=defaults.dataset.seed)
     parser.add_argument("--runs", type=int, default=1, help="full seeds to time (default 1)")
     parser.add_argument(
         "--pg-setting",
@@ -128,8 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                 yield urls
 
     with stores() as (database_url, redis_url):
-        settings = dataclasses.replace(
-            defaults,
+        settings = defaults.replace(
             database_url=database_url,
             redis_url=redis_url,
             students=args.students,

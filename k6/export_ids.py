@@ -18,15 +18,15 @@ from pathlib import Path
 
 import psycopg
 
-from api.contract import BOOKINGS
-from api.settings import Settings, env_name
+from core.contract import BOOKINGS
+from core.settings import StoreSettings, env_name, from_env
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / ".run" / "k6" / "booking-ids.json"
 DEFAULT_COUNT = 10_000
 
 # Ordered by a hash of the id rather than by the id: the first N ids in id order all share a few
-# leading hex digits, i.e. a few Redis hashes (api/contract/bookings.py), which is not how real
+# leading hex digits, i.e. a few Redis hashes (core/contract/bookings.py), which is not how real
 # traffic spreads. md5 order is spread over all of them and the same on every run.
 _SAMPLE_SQL = f"SELECT id::text FROM {BOOKINGS.name} ORDER BY md5(id::text) LIMIT %s"
 
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.count < 1:
         parser.error("--count must be at least 1")
 
-    database_url = args.database_url or Settings.from_env().database_url
+    database_url = args.database_url or from_env(StoreSettings).database_url
     try:
         ids = sample_booking_ids(database_url, args.count)
     except psycopg.Error as exc:

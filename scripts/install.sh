@@ -150,6 +150,6 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
 fi
 
 log "installing surge and its dev tools into $venv (pyproject.toml changed or first run)"
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[dev,stack]'
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[dev,stack,seeder]'
 printf '%s\n' "$want" >"$stamp"
 log "$venv ready"

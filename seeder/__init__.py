@@ -1,5 +1,5 @@
 """surge's seeder: synthetic exam results and bookings into Postgres (COPY), then into Redis from
-Postgres, using the data contract in api.contract. Safe to run again: it does only what is missing.
+Postgres, using the data contract in core.contract. Safe to run again: it does only what is missing.
 """
 
 from seeder.core import DatasetReport, SeedReport, seed

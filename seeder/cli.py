@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import signal
 import sys
 import time
@@ -15,8 +14,8 @@ import redis
 from rich.console import Console
 from rich.table import Table
 
-from api.contract import DATASETS
-from api.settings import Settings, env_name
+from core.contract import DATASETS
+from core.settings import Settings, env_name
 from seeder import redis_fill
 from seeder.core import SeedReport, run
 from seeder.postgres import StandbyBehind
@@ -43,10 +42,11 @@ def _parser(defaults: Settings) -> argparse.ArgumentParser:
     )
 
     def option(name: str, kind: Callable[[str], Any], what: str) -> None:
+        part = defaults.dataset if hasattr(defaults.dataset, name) else defaults.stores
         parser.add_argument(
             f"--{name.replace('_', '-')}",
             type=kind,
-            default=getattr(defaults, name),
+            default=getattr(part, name),
             metavar=name.upper(),
             help=f"{what} (env {env_name(name)}; now %(default)s)",
         )
@@ -112,8 +112,7 @@ def summary(report: SeedReport) -> list[Table]:
 def main(argv: list[str] | None = None) -> int:
     defaults = Settings.from_env()
     args = _parser(defaults).parse_args(argv)
-    settings = dataclasses.replace(
-        defaults,
+    settings = defaults.replace(
         students=args.students,
         bookings=args.bookings,
         seed=args.seed,
@@ -149,14 +148,14 @@ def watch(settings: Settings, every: float, console: Console, errors: Console) -
     """Seed what is out of date every `every` seconds until stopped (SIGTERM, Ctrl-C)."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     down = False
-    client = redis_fill.connect(settings.redis_url, cluster=settings.cluster)
+    client = redis_fill.connect(settings.stores.redis_url, cluster=settings.stores.cluster)
     try:
         while True:
             try:
                 # The full check (SCANs every key) only when the cheap one says something is gone.
                 if not redis_fill.looks_whole(client, DATASETS):
                     report = run(
-                        settings, reset=False, reporter=Reporter(), pace=settings.refill_rate
+                        settings, reset=False, reporter=Reporter(), pace=settings.seeder.refill_rate
                     )
                     console.print(f"surge-seed --watch: {report}", highlight=False)
             except (psycopg.OperationalError, redis.RedisError, StandbyBehind) as exc:

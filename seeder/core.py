@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 import psycopg
 
-from api.contract import BOOKINGS, DATASETS, STUDENTS, Dataset
-from api.settings import Settings
+from core.contract import BOOKINGS, DATASETS, STUDENTS, Dataset
+from core.settings import Settings
 from seeder import generate, postgres, redis_fill
 from seeder.progress import Cancelled, Phase, Reporter, reporter_for
 
@@ -77,10 +77,12 @@ def seed(settings: Settings, *, reset: bool = False, progress: bool = False) -> 
 def run(settings: Settings, *, reset: bool, reporter: Reporter, pace: float = 0.0) -> SeedReport:
     """`pace`: records a second for both Redis fills together (0: unpaced)."""
     started = time.perf_counter()
-    pools = _Pools(settings.seed)
-    with postgres.connect(settings.database_url) as conn:
+    pools = _Pools(settings.dataset.seed)
+    with postgres.connect(settings.stores.database_url) as conn:
         postgres.prepare(conn)  # holds the seeder lock until this block ends
-        with closing(redis_fill.connect(settings.redis_url, cluster=settings.cluster)) as client:
+        with closing(
+            redis_fill.connect(settings.stores.redis_url, cluster=settings.stores.cluster)
+        ) as client:
             redis_fill.configure(client)
         # The datasets are independent: seeding them side by side overlaps one's Python work
         # (generating, rendering) with the other's waits on Postgres (index builds, queries).
@@ -90,8 +92,8 @@ def run(settings: Settings, *, reset: bool, reporter: Reporter, pace: float = 0.
                     _seed_one, settings, reset, reporter, pools, pace / len(DATASETS), *job
                 )
                 for job in (
-                    (STUDENTS, settings.students, postgres.load_students),
-                    (BOOKINGS, settings.bookings, postgres.load_bookings),
+                    (STUDENTS, settings.dataset.students, postgres.load_students),
+                    (BOOKINGS, settings.dataset.bookings, postgres.load_bookings),
                 )
             ]
             try:
@@ -106,7 +108,9 @@ def run(settings: Settings, *, reset: bool, reporter: Reporter, pace: float = 0.
                 raise min(errors, key=lambda e: isinstance(e, Cancelled))
     reports = [f.result() for f in futures]
     if not all(r.redis_skipped for r in reports):
-        with closing(redis_fill.connect(settings.redis_url, cluster=settings.cluster)) as client:
+        with closing(
+            redis_fill.connect(settings.stores.redis_url, cluster=settings.stores.cluster)
+        ) as client:
             redis_fill.drop_legacy_control_keys(client)
             redis_fill.snapshot(client)
     return SeedReport(
@@ -140,14 +144,18 @@ def _seed_one(
     load: Loader,
 ) -> DatasetReport:
     with (
-        postgres.connect(settings.database_url) as conn,
-        closing(redis_fill.connect(settings.redis_url, cluster=settings.cluster)) as client,
+        postgres.connect(settings.stores.database_url) as conn,
+        closing(
+            redis_fill.connect(settings.stores.redis_url, cluster=settings.stores.cluster)
+        ) as client,
     ):
         pg = postgres.loaded(conn, dataset.name)
-        pg_skipped = not reset and pg is not None and (pg.seed, pg.rows) == (settings.seed, count)
+        pg_skipped = (
+            not reset and pg is not None and (pg.seed, pg.rows) == (settings.dataset.seed, count)
+        )
         if not pg_skipped:
             postgres.tune(conn)
-            load(conn, reporter, settings.seed, count, pools())
+            load(conn, reporter, settings.dataset.seed, count, pools())
             pg = postgres.loaded(conn, dataset.name)
         assert pg is not None  # found, or just loaded
         marker = None if reset else redis_fill.in_sync(client, dataset, pg)
@@ -161,17 +169,20 @@ def _seed_one(
             version = redis_fill.next_version(client, dataset)
             with reporter.phase(f"redis {dataset.name}", pg.rows) as advance:
                 marker = redis_fill.fill(conn, client, dataset, pg, advance, version, pace)
-            if settings.standby_url:
+            if settings.stores.standby_url:
                 with reporter.phase(f"standby {dataset.name}", pg.rows) as advance:
                     standby_wait = postgres.wait_for_replay(
-                        settings.standby_url, written, settings.standby_replay_timeout, advance
+                        settings.stores.standby_url,
+                        written,
+                        settings.stores.standby_replay_timeout,
+                        advance,
                     )
                     advance(pg.rows)
             marker = redis_fill.switch(client, marker, dataset)
             if redis_fill.stale_keys(client, dataset):
                 # Replicas pick the new version up within their refresh interval; until then
                 # (and while a lookup that began before is still running) the old one must stay.
-                time.sleep(settings.reseed_grace)
+                time.sleep(settings.seeder.reseed_grace)
         # Also after an in-sync run: what an interrupted run or a late write-back left behind.
         redis_fill.sweep(client, dataset)
     for where, skipped in (("postgres", pg_skipped), ("redis", redis_skipped)):

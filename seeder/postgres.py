@@ -21,8 +21,8 @@ from datetime import datetime
 
 import psycopg
 
-from api.contract import PRIMARY_WAL_POSITION, SCHEMA_SQL, STANDBY_REPLAYED
-from api.settings import env_name
+from core.contract import PRIMARY_WAL_POSITION, SCHEMA_SQL, STANDBY_REPLAYED
+from core.settings import env_name
 from seeder import generate
 from seeder.progress import Advance, Reporter
 

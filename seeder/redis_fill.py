@@ -28,7 +28,7 @@ import orjson
 import psycopg
 import redis
 
-from api.contract import (
+from core.contract import (
     FILLING_KEY,
     LEGACY_CONTROL_KEYS,
     LIVE_KEY,

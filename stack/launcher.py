@@ -38,7 +38,15 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from stack.mtail import DEFAULT_PORT as MTAIL_PORT
+from core.settings import (
+    SERVICE_CONCERNS,
+    Settings,
+    StackSettings,
+    StoreSettings,
+    env_names,
+    from_env,
+)
+from core.settings import env_name as setting_name
 from stack.mtail import mtail_command
 from stack.nginx import DEFAULTS as NGINX_DEFAULTS
 from stack.nginx import SERVER_PARAMS, NginxServer, local_values
@@ -53,6 +61,7 @@ from stack.servers import (
     free_port_block,
     granian_command,
     log_tail,
+    stack_settings,
     wait_for,
 )
 from stack.supervisor import RUNNING_STATES, Program, Supervisor, group_pids
@@ -74,9 +83,8 @@ MAX_REPLICAS = 32
 KEEPER = "redis-keeper"
 KEEPER_INTERVAL_S = 2.0
 
-REDIS_MAXMEMORY = "3gb"
-"""Redis's memory cap (SURGE_REDIS_MAXMEMORY; compose.yaml has the same default): the default
-dataset takes ~0.7 GB, and a reseed fills a second version beside the live one."""
+REDIS_MAXMEMORY = StackSettings().redis_maxmemory
+"""Redis's memory cap's default (SURGE_REDIS_MAXMEMORY; compose.yaml has the same one)."""
 REDIS_MAXMEMORY_POLICY = "noeviction"
 """Full means refusing writes, never evicting: the seeded records all stay (an evicted one would
 be a Postgres read on every lookup), and a refused write-back costs the request nothing."""
@@ -97,46 +105,31 @@ def say(msg: str) -> None:
 
 @dataclass(frozen=True)
 class Layout:
-    """The run directory and every port of the local stack. Each field but `run` is read from
-    SURGE_<FIELD> (SURGE_HTTP_PORT, SURGE_PROMETHEUS_PORT, ...); `run` from SURGE_RUN_DIR."""
+    """The run directory and every port of the local stack: core.settings.StackSettings (each
+    port from SURGE_<FIELD>, SURGE_HTTP_PORT, ...; `run` from SURGE_RUN_DIR) made into paths."""
 
     run: Path
     """Data, logs, supervisord's config and socket, rendered configs (default: ./.run)."""
-    http_port: int = 8080
-    """nginx, the public entry."""
-    nginx_status_port: int = 8081
-    """nginx's stub_status, for the exporter only."""
-    prometheus_port: int = 9090
-    pg_port: int = 5432
-    pg_standby_port: int = 5433
-    """The streaming standby's, with SURGE_POSTGRES_STANDBY=1."""
-    redis_port: int = 6379
-    api_port_base: int = 8000
+    http_port: int
+    nginx_status_port: int
+    prometheus_port: int
+    pg_port: int
+    pg_standby_port: int
+    redis_port: int
+    api_port_base: int
     """Replica n listens on api_port_base + n."""
-    node_exporter_port: int = 9100
-    nginx_exporter_port: int = 9113
-    redis_exporter_port: int = 9121
-    postgres_exporter_port: int = 9187
-    mtail_port: int = MTAIL_PORT
+    node_exporter_port: int
+    nginx_exporter_port: int
+    redis_exporter_port: int
+    postgres_exporter_port: int
+    mtail_port: int
     """mtail's /metrics: nginx's answers by status and route, from its access log."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Layout:
-        env = os.environ if environ is None else environ
-        values: dict[str, int] = {}
-        for f in fields(cls):
-            if f.name == "run":
-                continue
-            name = env_name(f.name)
-            raw = env.get(name, "").strip()
-            if not raw:
-                continue
-            port = int(raw) if raw.isdigit() else 0
-            if not 1 <= port <= 65535:
-                raise ServerError(f"{name} must be a TCP port number, not {raw!r}")
-            values[f.name] = port
-        run = env.get("SURGE_RUN_DIR", "").strip()
-        layout = cls(run=Path(run).absolute() if run else ROOT / ".run", **values)
+        settings = stack_settings(environ)
+        run = settings.run_dir
+        layout = cls(run=Path(run).absolute() if run else ROOT / ".run", **settings.ports())
         if layout.api_port_base + MAX_REPLICAS > 65535:
             raise ServerError("SURGE_API_PORT_BASE leaves no room for the replicas' ports")
         return layout
@@ -173,7 +166,7 @@ def spare_env(run: Path, replicas: int = MAX_REPLICAS) -> dict[str, str]:
 
 
 def env_name(field_name: str) -> str:
-    return "SURGE_RUN_DIR" if field_name == "run" else f"SURGE_{field_name.upper()}"
+    return setting_name("run_dir" if field_name == "run" else field_name)
 
 
 def default_replicas() -> int:
@@ -190,22 +183,19 @@ def default_replicas() -> int:
 
 
 def replica_count(environ: Mapping[str, str] | None = None) -> int:
-    env = os.environ if environ is None else environ
-    raw = env.get("SURGE_REPLICAS", "").strip()
-    if not raw:
+    n = stack_settings(environ).replicas
+    if n is None:
         return default_replicas()
-    n = int(raw) if raw.isdigit() else 0
     if not 1 <= n <= MAX_REPLICAS:
         raise ServerError(
-            f"SURGE_REPLICAS must be a whole number from 1 to {MAX_REPLICAS}, not {raw!r}"
+            f"SURGE_REPLICAS must be a whole number from 1 to {MAX_REPLICAS}, not {n}"
         )
     return n
 
 
 def monitoring_enabled(environ: Mapping[str, str] | None = None) -> bool:
     """SURGE_MONITORING=off skips Prometheus and the exporters (benchmarks of the data path)."""
-    env = os.environ if environ is None else environ
-    return env.get("SURGE_MONITORING", "on").strip().lower() not in ("off", "0", "false", "no")
+    return stack_settings(environ).monitoring
 
 
 def access_log_setting(environ: Mapping[str, str] | None = None) -> str:
@@ -353,6 +343,7 @@ class Stack:
         self, layout: Layout | None = None, environ: Mapping[str, str] | None = None
     ) -> None:
         self.environ = dict(os.environ if environ is None else environ)
+        self.settings = stack_settings(self.environ)
         self.layout = layout or Layout.from_env(self.environ)
         self.supervisor = Supervisor(self.layout.supervisor_dir, self.layout.logs)
 
@@ -385,7 +376,7 @@ class Stack:
             log_file=self.layout.logs / "redis.log",
             detached=True,
             config={
-                "maxmemory": self.environ.get("SURGE_REDIS_MAXMEMORY") or REDIS_MAXMEMORY,
+                "maxmemory": self.settings.redis_maxmemory,
                 "maxmemory-policy": REDIS_MAXMEMORY_POLICY,
             },
         )
@@ -393,17 +384,13 @@ class Stack:
     def cluster_mode(self) -> bool:
         """SURGE_REDIS_MODE=cluster: Redis is a Redis Cluster (ours: SURGE_REDIS_NODES masters
         with a replica each, on the ports from SURGE_REDIS_PORT). A bad mode is refused here."""
-        from api.settings import Settings
-
-        return Settings.from_env(self.environ).cluster
+        return from_env(StoreSettings, self.environ).cluster
 
     def redis_cluster(self) -> RedisClusterServer:
-        from api.settings import Settings
-
         return RedisClusterServer(
             self.layout.run / "redis-cluster",
             self.layout.redis_port,
-            masters=Settings.from_env(self.environ).redis_nodes,
+            masters=from_env(StoreSettings, self.environ).redis_nodes,
             node_timeout_ms=CLUSTER_NODE_TIMEOUT_MS,
             persist=True,
             config={
@@ -450,17 +437,17 @@ class Stack:
         values = values or self.saved_nginx_values() or fallback
         return NginxServer(self.layout.nginx_prefix, values)
 
+    # Whether a store URL was given at all (not its value): then that store is someone else's.
     def _own_postgres(self) -> bool:
-        return not self.environ.get("SURGE_DATABASE_URL")
+        return not self.environ.get(setting_name("database_url"))
 
     def _own_standby(self) -> bool:
         """SURGE_POSTGRES_STANDBY=1: a streaming standby of our Postgres serves the fallback
         reads (with SURGE_DATABASE_URL, point SURGE_DATABASE_READ_URL at yours instead)."""
-        wanted = self.environ.get("SURGE_POSTGRES_STANDBY", "").strip().lower()
-        return self._own_postgres() and wanted in ("1", "on", "true", "yes")
+        return self._own_postgres() and self.settings.postgres_standby
 
     def _own_redis(self) -> bool:
-        return not self.environ.get("SURGE_REDIS_URL")
+        return not self.environ.get(setting_name("redis_url"))
 
     def store_env(self) -> dict[str, str]:
         """Our environment with the URLs of the stores this stack runs itself."""
@@ -478,13 +465,10 @@ class Stack:
 
     def programs(self, env: Mapping[str, str], n_replicas: int, monitoring: bool) -> list[Program]:
         """Everything this stack runs, as supervisord programs (prepares the stores' dirs)."""
-        from api.settings import Settings
-        from api.settings import env_name as setting_name
-
         layout = self.layout
         # Only what the replicas and the seeder read: a launcher knob (SURGE_REPLICAS, a port)
         # changing must not count as their settings changing, which restarts them.
-        read = {setting_name(f.name) for f in fields(Settings)}
+        read = env_names(*SERVICE_CONCERNS)
         surge = {k: v for k, v in env.items() if k in read}
         progs: list[Program] = []
         if self._own_postgres():
@@ -511,7 +495,7 @@ class Stack:
             progs.append(
                 Program(KEEPER, keeper, PRIORITY[KEEPER], environment=surge, directory=ROOT)
             )
-        backpressure = Settings.from_env(dict(env)).redis_pool_size
+        backpressure = from_env(StoreSettings, env).redis_pool_size
         for n in range(1, n_replicas + 1):
             port = layout.replica_port(n)
             progs.append(
@@ -685,7 +669,6 @@ class Stack:
         say(f"{name}: ready")
 
     def up(self) -> int:
-        from api.settings import Settings
         from seeder import seed
 
         layout = self.layout
@@ -738,7 +721,8 @@ class Stack:
         else:
             say("Redis: using SURGE_REDIS_URL (not starting one)")
 
-        say(f"seeding {settings.students:,} students and {settings.bookings:,} bookings")
+        data = settings.dataset
+        say(f"seeding {data.students:,} students and {data.bookings:,} bookings")
         report = seed(settings, progress=True)
         say(f"seeded: {report}")
         if KEEPER in names:  # a Redis of its own: refilled from Postgres whenever it empties
@@ -759,7 +743,9 @@ class Stack:
             sup.remove(name)
         if monitoring:
             self._monitoring_up(n_replicas, added, changed)
-        self._print_urls(settings.database_url, settings.redis_url, n_replicas, monitoring)
+        self._print_urls(
+            settings.stores.database_url, settings.stores.redis_url, n_replicas, monitoring
+        )
         return 0
 
     def _nginx_up(self, ports: list[int], added: set[str], changed: set[str]) -> None:
@@ -836,7 +822,7 @@ class Stack:
 
     def _prometheus_command(self) -> list[str]:
         prom_dir = self.layout.prometheus_dir
-        retention = self.environ.get("SURGE_PROMETHEUS_RETENTION") or "7d"
+        retention = self.settings.prometheus_retention
         return [
             find_program("prometheus", "prometheus"),
             f"--config.file={prom_dir / 'prometheus.yml'}",

@@ -31,23 +31,41 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from string import Template
 
-from stack.servers import attach, child_pids, detach, die_with_parent, pid_alive, wait_gone
+from core.settings import StackSettings, env_name
+from stack.servers import (
+    attach,
+    child_pids,
+    detach,
+    die_with_parent,
+    pid_alive,
+    stack_settings,
+    wait_gone,
+)
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "nginx" / "nginx.conf.template"
 """The one nginx config of the project (compose mounts the same file)."""
 
 PLACEHOLDER = re.compile(r"\$\{(SURGE_[A-Z0-9_]+)\}")
 
-DEFAULTS: dict[str, str] = {
-    "SURGE_NGINX_WORKERS": "1",
-    "SURGE_NGINX_READ_TIMEOUT": "5s",
-    "SURGE_NGINX_ACCESS_LOG": "off",
-    "SURGE_NGINX_MICROCACHE": "off",
-    "SURGE_RATE_LIMIT": "on",
-    "SURGE_RATE_LIMIT_RATE": "20r/s",
-    "SURGE_RATE_LIMIT_BURST": "40",
-    "SURGE_NGINX_MAX_INFLIGHT": "256",
-}
+KNOBS = (
+    "nginx_workers",
+    "nginx_read_timeout",
+    "nginx_access_log",
+    "nginx_microcache",
+    "rate_limit",
+    "rate_limit_rate",
+    "rate_limit_burst",
+    "nginx_max_inflight",
+)
+"""The StackSettings fields that are template placeholders (SURGE_<FIELD>) as they are."""
+
+
+def knobs(settings: StackSettings) -> dict[str, str]:
+    """The knobs' placeholder values from these settings."""
+    return {env_name(name): str(getattr(settings, name)) for name in KNOBS}
+
+
+DEFAULTS: dict[str, str] = knobs(StackSettings())
 """Knobs with the defaults a real deployment keeps; compose.yaml uses the same ones."""
 
 LAYOUT = (
@@ -66,7 +84,7 @@ SERVER_PARAMS = "max_fails=3 fail_timeout=2s"
 turns two replicas' passing 503s into 10 s of 502 "no live upstreams"; with these a dead
 replica still costs only a few retried connects per 2 s."""
 
-SPILL_AT = 24
+SPILL_AT = StackSettings().nginx_spill_at
 """Requests in flight on the first replica before nginx sends more to the others (its `backup`
 servers, SURGE_NGINX_SPILL_AT): light load packs onto one busy event loop, which costs about a
 third less CPU per request than two half-idle ones (docs/performance.md); a burst or a fixed
@@ -123,8 +141,7 @@ def render_nginx_conf(template_path: Path | str, values: Mapping[str, str]) -> s
 
 def knobs_from_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """DEFAULTS, overridden by the same names in the environment (e.g. SURGE_RATE_LIMIT=off)."""
-    env = os.environ if environ is None else environ
-    return {k: env.get(k) or v for k, v in DEFAULTS.items()}
+    return knobs(stack_settings(environ))
 
 
 def local_values(
@@ -143,10 +160,9 @@ def local_values(
     (full placeholder names, e.g. SURGE_RATE_LIMIT="off").
     """
     prefix = Path(prefix).resolve()
-    env = os.environ if environ is None else environ
-    spill_at = int(env.get("SURGE_NGINX_SPILL_AT") or SPILL_AT)
-    servers = upstream_servers(upstream_ports, host, spill_at)
-    values = knobs_from_env(environ)
+    settings = stack_settings(environ)
+    servers = upstream_servers(upstream_ports, host, settings.nginx_spill_at)
+    values = knobs(settings)
     values.update(
         {
             "SURGE_NGINX_LISTEN": f"{host}:{port}",
@@ -164,7 +180,7 @@ def local_values(
 
 def nginx_binary() -> str:
     """SURGE_NGINX_BIN, else nginx on PATH, else Debian's /usr/sbin/nginx (not on a user's PATH)."""
-    for candidate in (os.environ.get("SURGE_NGINX_BIN"), shutil.which("nginx")):
+    for candidate in (stack_settings().nginx_bin, shutil.which("nginx")):
         if candidate:
             return candidate
     for candidate in ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/bin/nginx"):
@@ -399,12 +415,14 @@ class NginxServer:
 
 __all__ = [
     "DEFAULTS",
+    "KNOBS",
     "LAYOUT",
     "SERVER_PARAMS",
     "SPILL_AT",
     "TEMPLATE",
     "NginxError",
     "NginxServer",
+    "knobs",
     "knobs_from_env",
     "local_values",
     "nginx_binary",

@@ -31,9 +31,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
+
+from core.settings import StackSettings, from_env
 
 HOST = "127.0.0.1"
 PG_USER = "surge"
@@ -49,6 +51,14 @@ CLUSTER_BUS_OFFSET = 10_000
 
 class ServerError(RuntimeError):
     """A server could not be found, started or stopped; the message says what to do."""
+
+
+def stack_settings(environ: Mapping[str, str] | None = None) -> StackSettings:
+    """The local stack's settings (default: from os.environ); a bad value is a ServerError."""
+    try:
+        return from_env(StackSettings, environ)
+    except ValueError as exc:
+        raise ServerError(str(exc)) from None
 
 
 class PortInUse(ServerError):
@@ -470,8 +480,8 @@ def find_pg_bin() -> Path:
     --bindir; then whatever directory of PATH has pg_ctl.
     """
     candidates: list[Path] = []
-    if os.environ.get("SURGE_PG_BIN"):
-        candidates.append(Path(os.environ["SURGE_PG_BIN"]))
+    if pg_bin := stack_settings().pg_bin:
+        candidates.append(Path(pg_bin))
 
     def version(p: str) -> tuple[int, ...]:
         parts = Path(p).parent.name.split(".")
@@ -922,7 +932,7 @@ def k6_version(k6: Path) -> str:
 def find_redis_server() -> str:
     """Path of redis-server (SURGE_REDIS_SERVER wins, then PATH, then /usr/bin and /usr/sbin)."""
     for candidate in (
-        os.environ.get("SURGE_REDIS_SERVER"),
+        stack_settings().redis_server,
         shutil.which("redis-server"),
         "/usr/bin/redis-server",
         "/usr/sbin/redis-server",
@@ -937,7 +947,7 @@ def find_redis_server() -> str:
 
 
 def _redis_config() -> dict[str, str]:
-    from api.contract.dataset import REDIS_HASH_CONFIG
+    from core.contract.dataset import REDIS_HASH_CONFIG
 
     return dict(REDIS_HASH_CONFIG)
 

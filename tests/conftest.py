@@ -3,7 +3,7 @@
 - `postgres_server`, `redis_server` (session): real server processes in a temp dir, stopped at the
   end of the session (and by stack.servers if the run dies). Objects with .url, .port, .stop(),
   .start(); a test may stop one to simulate an outage and start it again on the same port.
-- `settings` (session): api.settings.Settings pointing at them, with a small dataset.
+- `settings` (session): core.settings.Settings pointing at them, with a small dataset.
 - `seeded` (session): the seeder's report, run once against those servers.
 - A test that leaves a server stopped does not break the ones after it: before and after every
   test, a stopped session server is started again (and Redis, which restarts empty, is reseeded
@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from api.settings import Settings
+from core.settings import Settings
 from stack.servers import PostgresServer, RedisServer, free_port
 
 TEST_STUDENTS = 2_000
@@ -155,12 +155,12 @@ def api_url(settings: Settings, seeded: Any) -> Iterator[str]:
     port = free_port()
     env = {
         **os.environ,
-        "SURGE_DATABASE_URL": settings.database_url,
-        "SURGE_REDIS_URL": settings.redis_url,
-        "SURGE_STUDENTS": str(settings.students),
-        "SURGE_BOOKINGS": str(settings.bookings),
+        "SURGE_DATABASE_URL": settings.stores.database_url,
+        "SURGE_REDIS_URL": settings.stores.redis_url,
+        "SURGE_STUDENTS": str(settings.dataset.students),
+        "SURGE_BOOKINGS": str(settings.dataset.bookings),
     }
-    cmd = granian_command("api.app:create_app", port, settings.redis_pool_size)
+    cmd = granian_command("api.app:create_app", port, settings.stores.redis_pool_size)
     root = Path(__file__).resolve().parents[1]
     replica = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -185,7 +185,7 @@ def pg(settings: Settings) -> Iterator[Any]:
     """A psycopg connection to the session's Postgres (autocommit)."""
     import psycopg
 
-    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+    with psycopg.connect(settings.stores.database_url, autocommit=True) as conn:
         yield conn
 
 
@@ -194,7 +194,7 @@ def rds(settings: Settings) -> Iterator[Any]:
     """A redis-py client of the session's Redis."""
     import redis
 
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis.Redis.from_url(settings.stores.redis_url)
     yield client
     client.close()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -11,13 +10,13 @@ from litestar.testing import TestClient
 from polling import poll
 
 from api.app import create_app
-from api.settings import Settings
+from core.settings import Settings
 
 
 @contextmanager
 def replica(settings: Settings, **changes: Any) -> Iterator[TestClient]:
     """An app over `settings` with `changes`, its own copy (when on) warmed before use."""
-    app = create_app(dataclasses.replace(settings, **changes))
+    app = create_app(settings.replace(**changes))
     with TestClient(app=app) as client:
         lookup = app.state.lookup
         poll(lambda: all(t.done() for t in lookup._warmers.values()), 10, "warm-up")

@@ -11,7 +11,7 @@
 
 export const BASE_URL = (__ENV.BASE_URL || 'http://127.0.0.1:8080').replace(/\/+$/, '');
 
-/** The largest valid student id: api/contract/students.py's (tests/test_k6_smoke.py checks). */
+/** The largest valid student id: core/contract/students.py's (tests/test_k6_smoke.py checks). */
 export const MAX_STUDENT_ID = 999999999;
 export const FIRST_STUDENT_ID = 10000;
 export const STUDENTS = intEnv('SURGE_STUDENTS', 664824, 1);

@@ -367,10 +367,10 @@ def live_prometheus(procs: Processes, settings: Any, seeded: Any) -> Iterator[st
             pytest.fail(f"{program} is missing: run `make deps`")
     env = {k: v for k, v in os.environ.items() if not k.startswith("SURGE_")}
     env |= {
-        "SURGE_DATABASE_URL": settings.database_url,
-        "SURGE_REDIS_URL": settings.redis_url,
-        "SURGE_STUDENTS": str(settings.students),
-        "SURGE_BOOKINGS": str(settings.bookings),
+        "SURGE_DATABASE_URL": settings.stores.database_url,
+        "SURGE_REDIS_URL": settings.stores.redis_url,
+        "SURGE_STUDENTS": str(settings.dataset.students),
+        "SURGE_BOOKINGS": str(settings.dataset.bookings),
         # The store panels need store calls: with their own copies on, the replicas would
         # answer every lookup of this small dataset from memory.
         "SURGE_LOCAL_CACHE_MB": "0",
@@ -394,10 +394,10 @@ def live_prometheus(procs: Processes, settings: Any, seeded: Any) -> Iterator[st
     procs.start("node-exporter", [EXPORTERS["node"], f"--web.listen-address={listen['node']}"])
     procs.start(
         "redis-exporter",
-        [EXPORTERS["redis"], "-redis.addr", settings.redis_url.rsplit("/", 1)[0],
+        [EXPORTERS["redis"], "-redis.addr", settings.stores.redis_url.rsplit("/", 1)[0],
          "-web.listen-address", listen["redis"]],
     )  # fmt: skip
-    dsn = settings.database_url + ("&" if "?" in settings.database_url else "?")
+    dsn = settings.stores.database_url + ("&" if "?" in settings.stores.database_url else "?")
     procs.start(
         "postgres-exporter",
         [EXPORTERS["postgres"], f"--web.listen-address={listen['postgres']}"],
@@ -436,7 +436,7 @@ def live_prometheus(procs: Processes, settings: Any, seeded: Any) -> Iterator[st
             timeout=30,
             what="every scrape target up",
         )
-        _run_k6(procs.directory, nginx.url, url, settings.students)
+        _run_k6(procs.directory, nginx.url, url, settings.dataset.students)
         yield url
     finally:
         nginx.stop()

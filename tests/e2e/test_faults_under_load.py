@@ -29,15 +29,15 @@ from polling import poll
 from schema_fuzz import assert_conforms
 from stack_fixture import STUDENTS, LocalStack, run_local_stack
 
-from api.contract import STUDENTS as STUDENT_DATA
-from api.settings import Settings
+from core.contract import STUDENTS as STUDENT_DATA
+from core.settings import StoreSettings
 from seeder.generate import FIRST_STUDENT_ID
 from stack.launcher import ROOT
 from stack.servers import HOST, kill_group, wait_gone
 
 REPLICAS = 2
 PROBLEM = "application/problem+json"
-REDIS_TIMEOUT_S = Settings().redis_timeout  # 0.1 s: what a replica waits on Redis
+REDIS_TIMEOUT_S = StoreSettings().redis_timeout  # 0.1 s: what a replica waits on Redis
 POSTGRES_BOUND_S = 0.25
 """Postgres time of one fallback as seen by a client: pool wait, primary-key SELECT, render,
 plus nginx and the client thread on a shared 2-core box (a quiet one takes a few ms)."""

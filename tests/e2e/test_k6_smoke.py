@@ -30,8 +30,8 @@ from k6_runner import (
     run_k6,
 )
 
-from api.contract.students import MAX_STUDENT_ID
-from api.settings import Settings
+from core.contract.students import MAX_STUDENT_ID
+from core.settings import DatasetSettings
 from seeder.generate import FIRST_STUDENT_ID
 from stack.servers import HOST, free_port
 
@@ -50,7 +50,7 @@ def booking_ids_file(settings, seeded, tmp_path_factory) -> Path:
     done = subprocess.run(
         [sys.executable, str(EXPORT_IDS), "--count", "200", "--out", str(out)],
         cwd=ROOT,
-        env={**os.environ, "SURGE_DATABASE_URL": settings.database_url},
+        env={**os.environ, "SURGE_DATABASE_URL": settings.stores.database_url},
         capture_output=True,
         text=True,
         timeout=60,
@@ -70,13 +70,13 @@ def test_k6_config_matches_the_data_contract():
     config = K6_DIR / "lib" / "config.js"
     assert int(js_constant(config, "MAX_STUDENT_ID")) == MAX_STUDENT_ID
     assert int(js_constant(config, "FIRST_STUDENT_ID")) == FIRST_STUDENT_ID
-    assert f"'SURGE_STUDENTS', {Settings().students}," in js_constant(config, "STUDENTS")
+    assert f"'SURGE_STUDENTS', {DatasetSettings().students}," in js_constant(config, "STUDENTS")
 
 
 def test_export_ids_writes_real_booking_ids(booking_ids_file, settings):
     ids = json.loads(booking_ids_file.read_text())
     assert len(ids) == len(set(ids)) == 200
-    with psycopg.connect(settings.database_url) as conn:
+    with psycopg.connect(settings.stores.database_url) as conn:
         (known,) = conn.execute(
             "SELECT count(*) FROM bookings WHERE id::text = ANY(%s)", (ids,)
         ).fetchone()
@@ -90,7 +90,7 @@ def test_smoke_passes_its_thresholds(k6_binary, api_url, booking_ids_file, setti
         tmp_path,
         {
             "BASE_URL": api_url,
-            "SURGE_STUDENTS": str(settings.students),
+            "SURGE_STUDENTS": str(settings.dataset.students),
             "BOOKING_IDS": str(booking_ids_file),
         },
     )
@@ -132,7 +132,7 @@ def test_setup_refuses_a_missing_booking_id_file(k6_binary, api_url, settings, t
         tmp_path,
         {
             "BASE_URL": api_url,
-            "SURGE_STUDENTS": str(settings.students),
+            "SURGE_STUDENTS": str(settings.dataset.students),
             "BOOKING_IDS": str(tmp_path / "missing.json"),
         },
     )
@@ -203,7 +203,7 @@ def test_script_runs_with_all_checks_passing(
         tmp_path,
         {
             "BASE_URL": api_url,
-            "SURGE_STUDENTS": str(settings.students),
+            "SURGE_STUDENTS": str(settings.dataset.students),
             "BOOKING_IDS": str(booking_ids_file),
             "THINK_MIN": "0.05",
             "THINK_MAX": "0.2",

@@ -9,7 +9,7 @@ import pytest
 from litestar.testing import TestClient
 from replica import replica
 
-from api.settings import Settings
+from core.settings import Settings
 
 
 @pytest.fixture(scope="module")

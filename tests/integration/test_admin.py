@@ -11,7 +11,7 @@ from litestar.testing import TestClient
 from replica import replica
 
 from api.app import create_app
-from api.contract import DATASETS, STUDENTS
+from core.contract import DATASETS, STUDENTS
 from seeder.redis_fill import live_version
 
 TOKEN = "test-admin-token-0123456789"
@@ -74,9 +74,9 @@ def test_cache_view(client, settings, rds):
     view = response.json()
     for dataset in DATASETS:
         entry = view["datasets"][dataset.name]
-        rows = getattr(settings, dataset.name)
+        rows = getattr(settings.dataset, dataset.name)
         assert entry["postgres_rows"] == entry["redis_records"] == rows
-        assert entry["postgres_seed"] == settings.seed
+        assert entry["postgres_seed"] == settings.dataset.seed
         assert entry["live_version"] == live_version(rds, dataset) > 0
         assert entry["in_sync"] is True
         assert entry["switched_at"] and entry["postgres_loaded_at"]
@@ -130,6 +130,16 @@ def test_refresh_of_a_bad_target(client, path, status):
     response = client.post(path, headers=AUTH)
     assert response.status_code == status
     assert response.headers["content-type"].startswith(PROBLEM_TYPE)
+
+
+def test_reseed_without_a_seeder_says_so(client, monkeypatch):
+    # The API's image has no seeder package (Dockerfile): the route says so instead of
+    # starting a child that cannot import it.
+    monkeypatch.setattr("api.admin.seeder_installed", lambda: False)
+    refused = client.post("/admin/reseed", headers=AUTH)
+    assert refused.status_code == 501
+    assert refused.headers["content-type"].startswith(PROBLEM_TYPE)
+    assert "no seeder" in refused.json()["detail"]
 
 
 def test_reseed_runs_the_seeder_once_at_a_time(client, rds):

@@ -8,7 +8,7 @@ import re
 import pytest
 from swagger_ui_bundle import swagger_ui_path
 
-from api.contract import BOOKINGS, STUDENTS, Dataset
+from core.contract import BOOKINGS, STUDENTS, Dataset
 
 PROBLEM_TYPE = "application/problem+json"
 

@@ -9,7 +9,6 @@ settings): every lookup reaches Redis.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import signal
@@ -30,7 +29,7 @@ from litestar.testing import TestClient
 from polling import poll
 from replica import replica
 
-from api.contract import (
+from core.contract import (
     CONTROL_KEYS,
     DATASETS,
     FILLING_KEY,
@@ -39,7 +38,7 @@ from api.contract import (
     STUDENTS,
     Dataset,
 )
-from api.settings import Settings
+from core.settings import Settings
 from seeder import redis_fill, seed
 from stack.servers import RedisClusterServer, free_cluster_ports
 
@@ -61,14 +60,14 @@ def cluster() -> Iterator[RedisClusterServer]:
 @pytest.fixture(scope="module")
 def on_cluster(settings: Settings, seeded: Any, cluster: RedisClusterServer) -> Settings:
     """The session's settings over the cluster, which holds the session's dataset."""
-    s = dataclasses.replace(settings, redis_mode="cluster", redis_url=cluster.url)
+    s = settings.replace(redis_mode="cluster", redis_url=cluster.url)
     seed(s)
     return s
 
 
 @pytest.fixture
 def crc(on_cluster: Settings) -> Iterator[redis.RedisCluster]:
-    client = redis.RedisCluster.from_url(on_cluster.redis_url)
+    client = redis.RedisCluster.from_url(on_cluster.stores.redis_url)
     yield client
     client.close()
 
@@ -137,7 +136,7 @@ def test_every_record_through_the_api_is_byte_identical_to_the_single_node_path(
     with replica(settings) as single, replica(on_cluster) as clustered:
         for dataset in DATASETS:
             ids = all_ids(pg, dataset)
-            assert len(ids) in (settings.students, settings.bookings)
+            assert len(ids) in (settings.dataset.students, settings.dataset.bookings)
             for record_id in ids:
                 path = f"/{dataset.name}/{record_id}"
                 one, many = single.get(path), clustered.get(path)
@@ -145,7 +144,7 @@ def test_every_record_through_the_api_is_byte_identical_to_the_single_node_path(
                 assert many.content == one.content, path
                 assert many.headers.get("etag") == one.headers.get("etag")
         assert outcomes(clustered, "fallback_hit") == 0  # all of it from the cluster's hashes
-        assert outcomes(clustered, "redis_hit") == settings.students
+        assert outcomes(clustered, "redis_hit") == settings.dataset.students
 
 
 def test_a_fill_is_pipelined_per_node_not_a_round_trip_per_hash(on_cluster, crc, pg, monkeypatch):
@@ -159,7 +158,7 @@ def test_a_fill_is_pipelined_per_node_not_a_round_trip_per_hash(on_cluster, crc,
         original(self, command, check_health)
 
     monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counting)
-    with closing(redis_fill.connect(on_cluster.redis_url, cluster=True)) as client:
+    with closing(redis_fill.connect(on_cluster.stores.redis_url, cluster=True)) as client:
         from seeder import postgres
         from seeder.progress import Reporter
 
@@ -189,7 +188,7 @@ def test_reseed_under_reads_serves_old_or_new_never_a_mix(
         reader.start()
         try:
             poll(lambda: len(reader.responses) > len(paths), 10, "reads started")
-            report = seed(dataclasses.replace(on_cluster, seed=on_cluster.seed + 1))
+            report = seed(on_cluster.replace(seed=on_cluster.dataset.seed + 1))
             assert not report.datasets[STUDENTS.name].redis_skipped
             student = next(p for p in paths if p.startswith("/students/"))
             new_student = rendered(pg, STUDENTS, int(student.rsplit("/", 1)[1]))
@@ -211,7 +210,7 @@ def test_reseed_under_reads_serves_old_or_new_never_a_mix(
     ]
     assert mixed == [], "a record served neither as before nor as after"
     assert any(body == new_students[p] for p, _, body in reader.responses if p in new_students)
-    with closing(redis_fill.connect(on_cluster.redis_url, cluster=True)) as client:
+    with closing(redis_fill.connect(on_cluster.stores.redis_url, cluster=True)) as client:
         assert all(redis_fill.stale_keys(client, d) == [] for d in DATASETS)
 
 
@@ -283,8 +282,8 @@ def test_the_keeper_refills_a_cluster_emptied_on_every_master(
 ):
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("SURGE_")},
-        "SURGE_DATABASE_URL": on_cluster.database_url,
-        "SURGE_REDIS_URL": on_cluster.redis_url,
+        "SURGE_DATABASE_URL": on_cluster.stores.database_url,
+        "SURGE_REDIS_URL": on_cluster.stores.redis_url,
         "SURGE_REDIS_MODE": "cluster",
         "SURGE_STUDENTS": str(on_cluster.students),
         "SURGE_BOOKINGS": str(on_cluster.bookings),

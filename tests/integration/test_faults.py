@@ -9,7 +9,7 @@ import pytest
 import redis
 
 import seeder
-from api.contract import STUDENTS
+from core.contract import STUDENTS
 
 # The settings' Redis timeout is 0.1 s; a fallback must not take redis-py's default 5 s.
 FALLBACK_BOUND_S = 0.5
@@ -52,7 +52,7 @@ def test_redis_down_falls_back_to_postgres_then_returns(fresh, settings, redis_s
 
     # Redis came back empty (no persistence in tests): once the circuit closes again, a lookup
     # is written back, which shows the API is using Redis again.
-    rds = redis.Redis.from_url(settings.redis_url)
+    rds = redis.Redis.from_url(settings.stores.redis_url)
     probe_id = 10_200
 
     def back_on_redis() -> bool:
@@ -67,7 +67,7 @@ def test_redis_down_falls_back_to_postgres_then_returns(fresh, settings, redis_s
 
 def test_postgres_down_serves_cached_and_503s_uncached(fresh, settings, postgres_server):
     cached_id, uncached_id = 10_300, 10_301
-    rds = redis.Redis.from_url(settings.redis_url)
+    rds = redis.Redis.from_url(settings.stores.redis_url)
     assert fresh.get(f"/students/{cached_id}").status_code == 200
     rds.hdel(*STUDENTS.live_slot(rds, uncached_id))
     postgres_server.stop()
@@ -84,8 +84,10 @@ def test_postgres_down_serves_cached_and_503s_uncached(fresh, settings, postgres
         postgres_server.start()
 
     poll_until(lambda: fresh.get(f"/students/{uncached_id}").status_code == 200, RECOVERY_BOUND_S)
-    with psycopg.connect(settings.database_url) as conn:
-        assert conn.execute("SELECT count(*) FROM students").fetchone()[0] == settings.students
+    with psycopg.connect(settings.stores.database_url) as conn:
+        assert (
+            conn.execute("SELECT count(*) FROM students").fetchone()[0] == settings.dataset.students
+        )
     rds.close()
 
 
@@ -103,7 +105,7 @@ def test_redis_timeouts_fall_back_without_opening_the_circuit(settings):
     from api.metrics import Metrics
 
     async def scenario(fault: Exception) -> tuple[bool, int]:
-        lookup = Lookup(settings, Metrics())
+        lookup = Lookup(settings.stores, settings.api, Metrics())
         calls = [0]
 
         async def hget(*_args):
@@ -129,7 +131,7 @@ def test_redis_timeouts_fall_back_without_opening_the_circuit(settings):
     assert asyncio.run(scenario(RedisTimeoutError("slow"))) == (False, 10)
     assert asyncio.run(scenario(TimeoutError())) == (False, 10)
     opened, calls = asyncio.run(scenario(RedisConnectionError("refused")))
-    assert opened and calls == settings.redis_breaker_failures
+    assert opened and calls == settings.stores.redis_breaker_failures
 
 
 def test_a_full_redis_refuses_write_backs_at_no_cost(fresh, rds):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from polling import poll
 
-from api.contract import DATASETS, LIVE_KEY, MARKER_KEY, STUDENTS
+from core.contract import DATASETS, LIVE_KEY, MARKER_KEY, STUDENTS
 from seeder import redis_fill
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,10 +20,10 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_a_flushed_redis_is_refilled_without_anyone_asking(settings, seeded, rds, pg, tmp_path):
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("SURGE_")},
-        "SURGE_DATABASE_URL": settings.database_url,
-        "SURGE_REDIS_URL": settings.redis_url,
-        "SURGE_STUDENTS": str(settings.students),
-        "SURGE_BOOKINGS": str(settings.bookings),
+        "SURGE_DATABASE_URL": settings.stores.database_url,
+        "SURGE_REDIS_URL": settings.stores.redis_url,
+        "SURGE_STUDENTS": str(settings.dataset.students),
+        "SURGE_BOOKINGS": str(settings.dataset.bookings),
     }
     log = tmp_path / "keeper.log"
     with log.open("w") as out:

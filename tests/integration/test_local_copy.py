@@ -4,7 +4,6 @@ every replica, bounded in bytes, and HTTP caching (ETag, 304, Cache-Control)."""
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -14,7 +13,7 @@ from litestar.testing import TestClient
 from polling import poll
 from replica import replica
 
-from api.contract import BOOKINGS, DATASETS, LIVE_KEY, STUDENTS
+from core.contract import BOOKINGS, DATASETS, LIVE_KEY, STUDENTS
 
 TOKEN = "test-admin-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -45,12 +44,15 @@ def copy_off(settings, seeded) -> Iterator[TestClient]:
 
 def test_the_whole_live_version_is_copied_at_start(copy_on, copy_off, settings):
     local = copy_on.app.state.lookup.local
-    assert local.records(STUDENTS.name) == settings.students
-    assert local.records(BOOKINGS.name) == settings.bookings
+    assert local.records(STUDENTS.name) == settings.dataset.students
+    assert local.records(BOOKINGS.name) == settings.dataset.bookings
     for dataset in DATASETS:
         poll(lambda d=dataset: local.datasets[d.name].complete, 10, "complete copy")
     text = copy_on.get("/metrics").text  # what an operator (and make bench) waits on
-    for dataset, count in ((STUDENTS, settings.students), (BOOKINGS, settings.bookings)):
+    for dataset, count in (
+        (STUDENTS, settings.dataset.students),
+        (BOOKINGS, settings.dataset.bookings),
+    ):
         version = local.datasets[dataset.name].version
         assert f'surge_local_copy_complete{{dataset="{dataset.name}"}} 1.0' in text
         assert (
@@ -126,8 +128,9 @@ def test_a_record_added_and_refreshed_is_served_by_a_complete_copy(copy_on, pg):
 
 def test_cache_control_states_the_staleness_bound(copy_on, settings):
     response = copy_on.get("/students/10000")
+    api = settings.api
     assert response.headers["cache-control"] == (
-        f"public, max-age={settings.http_max_age}, stale-if-error={settings.http_stale_if_error}"
+        f"public, max-age={api.http_max_age}, stale-if-error={api.http_stale_if_error}"
     )
 
 
@@ -214,7 +217,7 @@ def test_a_copy_short_of_records_is_completed_after_a_refill(rds, settings, seed
     with replica(settings, local_cache_mb=64) as client:
         local = client.app.state.lookup.local
         assert not local.datasets[STUDENTS.name].complete
-        assert local.records(STUDENTS.name) == settings.students - 1
+        assert local.records(STUDENTS.name) == settings.dataset.students - 1
         old_version = int(rds.hget(LIVE_KEY, STUDENTS.name))
         rds.delete(*rds.keys(STUDENTS.version_pattern(old_version)))  # the seeder refills
         seed(settings)
@@ -222,7 +225,7 @@ def test_a_copy_short_of_records_is_completed_after_a_refill(rds, settings, seed
         assert new_version != old_version
         poll(lambda: local.datasets[STUDENTS.name].complete, 10, "the copy completed")
         assert local.datasets[STUDENTS.name].version == new_version
-        assert local.records(STUDENTS.name) == settings.students
+        assert local.records(STUDENTS.name) == settings.dataset.students
 
 
 def test_a_flush_then_another_load_under_the_same_version_number_replaces_the_copy(
@@ -236,7 +239,7 @@ def test_a_flush_then_another_load_under_the_same_version_number_replaces_the_co
     poll(lambda: local.datasets[STUDENTS.name].complete, 10, "complete copy")
     before = copy_on.get("/students/10012").content
     rds.flushall()
-    seed(dataclasses.replace(settings, seed=settings.seed + 1))
+    seed(settings.replace(seed=settings.dataset.seed + 1))
     after = rds.hget(*STUDENTS.live_slot(rds, 10_012))
     assert after is not None and after != before
     poll(lambda: copy_on.get("/students/10012").content == after, 5, "the new load's record")
@@ -258,7 +261,7 @@ def test_a_refresh_reaches_every_replica(copy_on, settings, pg, rds):
             assert response.status_code == 200, response.text
             assert copy_on.get(f"/students/{student}").json() == corrected  # at once
             took = poll(lambda: other.get(f"/students/{student}").json() == corrected, 3, "other")
-            assert took <= settings.live_refresh_interval + 0.5
+            assert took <= settings.api.live_refresh_interval + 0.5
         finally:
             pg.execute(
                 "UPDATE students SET full_name = %s WHERE id = %s", (original["name"], student)
@@ -272,7 +275,7 @@ def test_a_small_budget_bounds_the_copy(settings, seeded):
         local = client.app.state.lookup.local
         assert 0 < local.used <= 2**20
         assert local.records(STUDENTS.name) + local.records(BOOKINGS.name) < (
-            settings.students + settings.bookings
+            settings.dataset.students + settings.dataset.bookings
         )
         assert client.get("/students/10000").status_code == 200  # the rest from Redis
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from pathlib import Path
 
@@ -78,7 +77,7 @@ def test_every_exported_metric_is_documented(client):
 
 
 def test_metrics_off(settings, seeded):
-    with TestClient(app=create_app(dataclasses.replace(settings, metrics=False))) as client:
+    with TestClient(app=create_app(settings.replace(metrics=False))) as client:
         assert client.get("/students/10000").status_code == 200
         response = client.get("/metrics")
         assert response.status_code == 404

@@ -3,7 +3,6 @@ new, fails no request, removes the old Redis version, and never blocks Postgres 
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -12,7 +11,7 @@ import psycopg
 import pytest
 from litestar.testing import TestClient
 
-from api.contract import BOOKINGS, DATASETS, STUDENTS, Dataset
+from core.contract import BOOKINGS, DATASETS, STUDENTS, Dataset
 from seeder import seed
 from seeder.postgres import APPLICATION_NAME, STAGING_SCHEMA
 from seeder.redis_fill import live_version, stale_keys
@@ -73,7 +72,7 @@ def test_reseed_under_reads_serves_old_or_new_and_fails_nothing(fresh, settings,
     try:
         poll_until(lambda: len(hammer.responses) > len(paths), 10, "hammer started")
         # Another seed: every student record changes (ids stay); bookings get other ids.
-        report = seed(dataclasses.replace(settings, seed=settings.seed + 1))
+        report = seed(settings.replace(seed=settings.dataset.seed + 1))
         new = {path: rendered(pg, d, record_id) for path, (d, record_id, _) in old.items()}
         student_path = next(p for p in paths if p.startswith("/students/"))
         # The replica switches within its refresh interval: wait until it serves the new data.
@@ -122,7 +121,7 @@ def loading(pg: psycopg.Connection) -> bool:
 def test_postgres_reads_are_not_blocked_by_a_load(fresh, settings, pg, rds, restore):
     # Big enough that the load takes a while (the old TRUNCATE-and-COPY held every reader for
     # all of it), small enough for the suite: ~1 s of COPY and key builds.
-    bigger = dataclasses.replace(settings, students=100_000)
+    bigger = settings.replace(students=100_000)
     errors: list[BaseException] = []
 
     def reseed() -> None:
@@ -147,7 +146,7 @@ def test_postgres_reads_are_not_blocked_by_a_load(fresh, settings, pg, rds, rest
     assert not errors, errors
     assert timings, "no read happened during the load"
     assert max(timings) < FALLBACK_BOUND_S, f"slowest fallback read {max(timings):.3f} s"
-    assert pg.execute("SELECT count(*) FROM students").fetchone()[0] == bigger.students
+    assert pg.execute("SELECT count(*) FROM students").fetchone()[0] == bigger.dataset.students
     staged = pg.execute(
         "SELECT count(*) FROM pg_tables WHERE schemaname = %s", (STAGING_SCHEMA,)
     ).fetchone()[0]

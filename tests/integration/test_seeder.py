@@ -6,7 +6,6 @@ that share the servers always find it seeded.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import random
 import re
@@ -17,7 +16,7 @@ import psycopg
 import pytest
 import redis
 
-from api.contract import BOOKINGS, DATASETS, LIVE_KEY, STUDENTS, Dataset
+from core.contract import BOOKINGS, DATASETS, LIVE_KEY, STUDENTS, Dataset
 from seeder import postgres, redis_fill, seed
 from seeder.cli import main
 from seeder.redis_fill import MARKER_KEY, key_pattern, live_version
@@ -102,16 +101,16 @@ def snapshot(pg: psycopg.Connection, rds: redis.Redis) -> dict:
 
 
 def test_first_run_loads_the_settings_dataset(seeded, settings, pg, rds):
-    assert loads(pg)["students"][:2] == (settings.seed, settings.students)
-    assert loads(pg)["bookings"][:2] == (settings.seed, settings.bookings)
+    assert loads(pg)["students"][:2] == (settings.dataset.seed, settings.dataset.students)
+    assert loads(pg)["bookings"][:2] == (settings.dataset.seed, settings.dataset.bookings)
     assert pg.execute("SELECT min(id), max(id), count(*) FROM students").fetchone() == (
         10_000,
-        10_000 + settings.students - 1,
-        settings.students,
+        10_000 + settings.dataset.students - 1,
+        settings.dataset.students,
     )
-    assert pg.execute("SELECT count(*) FROM bookings").fetchone()[0] == settings.bookings
-    assert redis_records(rds, STUDENTS) == settings.students
-    assert redis_records(rds, BOOKINGS) == settings.bookings
+    assert pg.execute("SELECT count(*) FROM bookings").fetchone()[0] == settings.dataset.bookings
+    assert redis_records(rds, STUDENTS) == settings.dataset.students
+    assert redis_records(rds, BOOKINGS) == settings.dataset.bookings
     for name, bytes_per_record in seeded.redis_bytes_per_record.items():
         assert 200 < bytes_per_record < 2_000, name
 
@@ -180,18 +179,18 @@ def test_partly_evicted_redis_is_refilled(seeded, settings, pg, rds, restore):
 
 def test_other_parameters_rebuild_only_that_dataset(seeded, settings, pg, rds, restore):
     content_before = content(pg, rds)
-    fewer = dataclasses.replace(settings, bookings=settings.bookings // 2)
+    fewer = settings.replace(bookings=settings.dataset.bookings // 2)
     report = seed(fewer)
     assert report.datasets["students"].postgres_skipped
     assert report.datasets["students"].redis_skipped
     assert not report.datasets["bookings"].postgres_skipped
     assert not report.datasets["bookings"].redis_skipped
-    assert pg.execute("SELECT count(*) FROM bookings").fetchone()[0] == fewer.bookings
+    assert pg.execute("SELECT count(*) FROM bookings").fetchone()[0] == fewer.dataset.bookings
     # The bookings no longer in Postgres are gone from Redis too, not served stale.
-    assert redis_records(rds, BOOKINGS) == fewer.bookings
+    assert redis_records(rds, BOOKINGS) == fewer.dataset.bookings
     assert checksums(pg)["students"] == content_before["checksums"]["students"]
 
-    other_seed = seed(dataclasses.replace(settings, seed=settings.seed + 1))
+    other_seed = seed(settings.replace(seed=settings.dataset.seed + 1))
     assert not other_seed.datasets["students"].postgres_skipped
     assert checksums(pg)["students"] != content_before["checksums"]["students"]
 
@@ -230,7 +229,7 @@ def test_students_look_like_exam_results(seeded, settings, pg):
         GROUP BY s.id
         """
     ).fetchall()
-    assert len(per_student) == settings.students  # every student sat papers
+    assert len(per_student) == settings.dataset.students  # every student sat papers
     for _, _, total, max_total, passed, papers, score_sum, max_sum, own_stream in per_student:
         assert papers == 6 and own_stream
         assert total == score_sum and max_total == max_sum
@@ -283,11 +282,11 @@ def test_bookings_look_like_ticket_sales(seeded, pg):
 
 def test_cli_reports_in_sync_stores(seeded, settings, capsys):
     argv = [
-        "--database-url", settings.database_url,
-        "--redis-url", settings.redis_url,
-        "--students", str(settings.students),
-        "--bookings", str(settings.bookings),
-        "--seed", str(settings.seed),
+        "--database-url", settings.stores.database_url,
+        "--redis-url", settings.stores.redis_url,
+        "--students", str(settings.dataset.students),
+        "--bookings", str(settings.dataset.bookings),
+        "--seed", str(settings.dataset.seed),
         "--no-progress",
     ]  # fmt: skip
     assert main(argv) == 0
@@ -326,7 +325,7 @@ def test_redis_refusing_config_set_gets_a_warning_and_the_data(
     try:
         restricted = f"redis://no-config:no-config@127.0.0.1:{redis_server.port}/0"
         with pytest.warns(UserWarning, match="refused CONFIG SET hash-max-listpack"):
-            report = seed(dataclasses.replace(settings, redis_url=restricted))
+            report = seed(settings.replace(redis_url=restricted))
     finally:
         rds.acl_deluser("no-config")
     assert not report.datasets["students"].redis_skipped

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 import redis
 
-from api.contract.dataset import REDIS_HASH_CONFIG
+from core.contract.dataset import REDIS_HASH_CONFIG
 from stack.servers import (
     PortInUse,
     PostgresServer,

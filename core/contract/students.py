@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from api.contract.dataset import Dataset, Row
+from core.contract.dataset import Dataset, Row
 
 # Registration numbers have at most 9 digits: inside the Postgres integer column, and a range an
 # OpenAPI pattern states exactly (so fuzzers and clients know what is valid without trying).

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from importlib.resources import files
 from typing import Any
 
-SCHEMA_SQL: str = files("api.contract").joinpath("schema.sql").read_text(encoding="utf-8")
+SCHEMA_SQL: str = files("core.contract").joinpath("schema.sql").read_text(encoding="utf-8")
 
 # Records live in Redis hashes of ~100 entries, kept listpack-encoded: ~578 B/record against
 # ~675 B for a key per record (docs/architecture.md). Records are ~400-600 B of JSON, above

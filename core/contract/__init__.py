@@ -5,8 +5,8 @@ Nothing outside this package defines a table, a Redis key or a JSON field. The s
 it imports nothing from the seeder.
 """
 
-from api.contract.bookings import BOOKINGS
-from api.contract.dataset import (
+from core.contract.bookings import BOOKINGS
+from core.contract.dataset import (
     CONTROL_KEYS,
     FILLING_KEY,
     LEGACY_CONTROL_KEYS,
@@ -22,8 +22,8 @@ from api.contract.dataset import (
     parse_version,
     stamp,
 )
-from api.contract.standby import PRIMARY_WAL_POSITION, STANDBY_REPLAYED
-from api.contract.students import STUDENTS
+from core.contract.standby import PRIMARY_WAL_POSITION, STANDBY_REPLAYED
+from core.contract.students import STUDENTS
 
 DATASETS: tuple[Dataset, ...] = (STUDENTS, BOOKINGS)
 
