@@ -285,8 +285,8 @@ def test_the_keeper_refills_a_cluster_emptied_on_every_master(
         "SURGE_DATABASE_URL": on_cluster.stores.database_url,
         "SURGE_REDIS_URL": on_cluster.stores.redis_url,
         "SURGE_REDIS_MODE": "cluster",
-        "SURGE_STUDENTS": str(on_cluster.students),
-        "SURGE_BOOKINGS": str(on_cluster.bookings),
+        "SURGE_STUDENTS": str(on_cluster.dataset.students),
+        "SURGE_BOOKINGS": str(on_cluster.dataset.bookings),
     }
     log = tmp_path / "keeper.log"
     with log.open("w") as out:

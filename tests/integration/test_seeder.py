@@ -335,7 +335,7 @@ def test_redis_refusing_config_set_gets_a_warning_and_the_data(
 def test_seeder_sessions_never_jit_compile(settings):
     """The fill's full-table reads cost the server a burst of JIT compilation otherwise, felt by
     the replicas when the keeper refills under load."""
-    with postgres.connect(settings.database_url) as conn:
+    with postgres.connect(settings.stores.database_url) as conn:
         row = conn.execute("SHOW jit").fetchone()
     assert row == ("off",)
 
@@ -345,7 +345,7 @@ def test_a_fill_redis_lost_midway_never_goes_live(seeded, settings, rds, restore
     that version live would mark it whole while it lacks them, and the replicas answer ids
     missing from a whole version 404 without asking Postgres."""
     live_before = rds.hgetall(LIVE_KEY)
-    with postgres.connect(settings.database_url) as conn:
+    with postgres.connect(settings.stores.database_url) as conn:
         loaded = postgres.loaded(conn, STUDENTS.name)
         assert loaded is not None
         version = redis_fill.next_version(rds, STUDENTS)
@@ -356,7 +356,7 @@ def test_a_fill_redis_lost_midway_never_goes_live(seeded, settings, rds, restore
     assert rds.hget(LIVE_KEY, STUDENTS.name) is None
     assert live_before  # the session's dataset was live before; `restore` seeds it again
     # Unflushed, the same fill goes live.
-    with postgres.connect(settings.database_url) as conn:
+    with postgres.connect(settings.stores.database_url) as conn:
         version = redis_fill.next_version(rds, STUDENTS)
         marker = redis_fill.fill(conn, rds, STUDENTS, loaded, lambda _n: None, version)
     redis_fill.switch(rds, marker, STUDENTS)

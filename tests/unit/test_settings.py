@@ -31,6 +31,8 @@ DEFAULTS = {
     "SURGE_DATABASE_URL": "postgresql://surge:surge@127.0.0.1:5432/surge",
     "SURGE_DATABASE_READ_URL": "",
     "SURGE_REDIS_URL": "redis://127.0.0.1:6379/0",
+    "SURGE_REDIS_MODE": "single",
+    "SURGE_REDIS_NODES": 3,
     "SURGE_REDIS_TIMEOUT": 0.1,
     "SURGE_REDIS_POOL_SIZE": 256,
     "SURGE_REDIS_BREAKER_FAILURES": 3,
@@ -58,7 +60,7 @@ DEFAULTS = {
     "SURGE_METRICS": True,
     # seeder
     "SURGE_RESEED_GRACE": 2.0,
-    "SURGE_REFILL_RATE": 60_000,
+    "SURGE_REFILL_RATE": 30_000,
     # local stack
     "SURGE_RUN_DIR": "",
     "SURGE_REPLICAS": None,
@@ -77,6 +79,7 @@ DEFAULTS = {
     "SURGE_NGINX_EXPORTER_PORT": 9113,
     "SURGE_REDIS_EXPORTER_PORT": 9121,
     "SURGE_POSTGRES_EXPORTER_PORT": 9187,
+    "SURGE_MTAIL_PORT": 3903,
     "SURGE_NGINX_WORKERS": "1",
     "SURGE_NGINX_READ_TIMEOUT": "5s",
     "SURGE_NGINX_ACCESS_LOG": "off",
@@ -257,9 +260,9 @@ def test_production_refuses_a_standby_with_the_default_password():
 
 
 def test_redis_mode_defaults_to_single_and_takes_cluster():
-    assert Settings.from_env({}).redis_mode == "single"
-    assert not Settings.from_env({}).cluster
-    s = Settings.from_env({"SURGE_REDIS_MODE": "cluster", "SURGE_REDIS_NODES": "4"})
+    assert Settings.from_env({}).stores.redis_mode == "single"
+    assert not Settings.from_env({}).stores.cluster
+    s = Settings.from_env({"SURGE_REDIS_MODE": "cluster", "SURGE_REDIS_NODES": "4"}).stores
     assert (s.redis_mode, s.redis_nodes, s.cluster) == ("cluster", 4, True)
 
 
