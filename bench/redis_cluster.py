@@ -137,6 +137,22 @@ def redis_groups(single: RedisServer, cluster: RedisClusterServer) -> dict[str, 
     return out
 
 
+def commandstats(nodes: list[RedisServer]) -> dict[str, dict[str, float]]:
+    """INFO commandstats summed over the nodes: calls and server µs per command, so that a
+    difference in Redis CPU can be read as which commands it went to."""
+    out: dict[str, dict[str, float]] = {}
+    for node in nodes:
+        client = redis.Redis(host="127.0.0.1", port=node.port, socket_timeout=5)
+        try:
+            for name, row in client.info("commandstats").items():
+                entry = out.setdefault(name.removeprefix("cmdstat_"), {"calls": 0, "usec": 0})
+                entry["calls"] += float(row["calls"])
+                entry["usec"] += float(row["usec"])
+        finally:
+            client.close()
+    return out
+
+
 def _pid(server: RedisServer) -> int:
     if server.pid is None:
         raise RuntimeError(f"{server!r} has no pid")
@@ -220,6 +236,8 @@ def step(bench: BenchLike) -> dict[str, Any]:
         url = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
         for name in on:  # warm-up: connections, the Redis pool, the cluster client's slot map
             random_students(url[name], 2, conns, last_id)
+        for node in [single, *cluster.nodes]:  # from here on: the runs' commands only
+            node.call("CONFIG", "RESETSTAT")
         for i in range(rounds):
             for name in list(on)[:: 1 if i % 2 == 0 else -1]:
                 groups = {
@@ -237,6 +255,7 @@ def step(bench: BenchLike) -> dict[str, Any]:
                     f"errors {run['errors']:.0f}"
                 )
                 runs[name].append(run)
+        commands = {SINGLE: commandstats([single]), CLUSTER: commandstats(cluster.nodes)}
     from bench.report import median_run  # bench.report imports this module
 
     return {
@@ -254,5 +273,25 @@ def step(bench: BenchLike) -> dict[str, Any]:
         "every run's.",
         "runs": {name: median_run(r) for name, r in runs.items()},
         "redis_idle_cores": idle,
+        "notes": [commands_note(commands)],
         "seed_s": seeded,
     }
+
+
+def commands_note(commands: Mapping[str, Mapping[str, Mapping[str, float]]]) -> str:
+    """The commands each configuration's Redis served over every round, warm-ups excepted."""
+    rows = [
+        "Commands Redis served over all the rounds (INFO commandstats, every node summed; "
+        "µs: Redis's own time in the command):",
+        "",
+        "| configuration | command | calls | µs total | µs per call |",
+        "|---|---|---|---|---|",
+    ]
+    for name, stats in commands.items():
+        top = sorted(stats.items(), key=lambda kv: -kv[1]["usec"])[:6]
+        for command, row in top:
+            per = row["usec"] / row["calls"] if row["calls"] else 0.0
+            rows.append(
+                f"| {name} | {command} | {row['calls']:,.0f} | {row['usec']:,.0f} | {per:.1f} |"
+            )
+    return "\n".join(rows)
