@@ -25,6 +25,11 @@ Steps (`--only NAME[,NAME]`), each bounded in time, configurations compared in t
             the inputs of `make capacity` no other step isolates (bench/capacity_figures.py):
             CPU per lookup from the copy, from Redis and from Postgres, Postgres fallbacks per
             connection, Redis and copy bytes per record of each dataset
+  redis_cluster
+            a single Redis and a 3-master + 3-replica Redis Cluster started on free ports for
+            the step, both seeded from Postgres (bench/redis_cluster.py); one replica with its
+            copy off against each, wrk straight to it, rounds alternating: req/s, p50/p99, CPU
+            per request of the replica and of Redis, cluster / single. Figures, not asserted.
   overload  wrk with bench/statuses.lua through nginx: at capacity (as many connections as nginx
             admits at once, SURGE_NGINX_MAX_INFLIGHT), at three times as many, then at capacity
             again. Asserted: >= 3x the capacity offered; every answer a 200 or a 503/429 with
@@ -74,7 +79,7 @@ from typing import Any
 
 import redis
 
-from bench import capacity_figures, recovery, report_render, tiers
+from bench import capacity_figures, recovery, redis_cluster, report_render, tiers
 from bench.api import APPS as DIRECT_APPS
 from bench.api import answers
 from bench.client_series import ClientSeries
@@ -801,6 +806,11 @@ class Bench:
     def capacity_figures(self) -> dict[str, Any]:
         return capacity_figures.step(self)
 
+    # -- redis_cluster: bench/redis_cluster.py, its own stores -------------------------------
+
+    def redis_cluster(self) -> dict[str, Any]:
+        return redis_cluster.step(self)
+
     # -- reliability: asserted, not only reported ---------------------------------------------
 
     def statuses_wrk(
@@ -1003,6 +1013,22 @@ def reseed(client: redis.Redis, settings: Settings) -> None:
 # -- main -------------------------------------------------------------------------------------
 
 
+OWN_REDIS = {"redis_cluster"}
+"""Steps that start and seed Redis servers of their own: they need only make up's Postgres."""
+
+
+def check_seeded(settings: Settings, last_id: int) -> None:
+    """Exit unless make up's Redis answers and holds the last student."""
+    try:
+        probe = redis.Redis.from_url(settings.stores.redis_url)
+        seeded = probe.hget(*STUDENTS.live_slot(probe, last_id)) is not None
+        probe.close()
+    except redis.RedisError as e:
+        sys.exit(f"Redis at {settings.stores.redis_url} does not answer ({e}): `make up` first")
+    if not seeded:
+        sys.exit(f"student {last_id} is not in Redis: seed first (`make up`)")
+
+
 def parse_only(raw: str | None) -> list[str]:
     if not raw:
         return list(report_render.STEPS)
@@ -1031,14 +1057,8 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = Settings.from_env()
     last_id = FIRST_STUDENT_ID + settings.dataset.students - 1
-    try:
-        probe = redis.Redis.from_url(settings.stores.redis_url)
-        seeded = probe.hget(*STUDENTS.live_slot(probe, last_id)) is not None
-        probe.close()
-    except redis.RedisError as e:
-        sys.exit(f"Redis at {settings.stores.redis_url} does not answer ({e}): `make up` first")
-    if not seeded:
-        sys.exit(f"student {last_id} is not in Redis: seed first (`make up`)")
+    if not set(steps) <= OWN_REDIS:
+        check_seeded(settings, last_id)
 
     date = datetime.date.today().isoformat()
     chart_dir = args.out / date

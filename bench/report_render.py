@@ -18,7 +18,7 @@ from typing import Any
 
 STEPS = (
     "fixed", "ramp", "spike", "results_day", "cold", "replicas", "metrics", "capacity_figures",
-    "overload", "redis_empty", "postgres_gone", "unknown_flood", "soak",
+    "redis_cluster", "overload", "redis_empty", "postgres_gone", "unknown_flood", "soak",
 )  # fmt: skip
 TITLES = {
     "fixed": "Fixed concurrency: surge vs the bare handler, through nginx",
@@ -29,6 +29,7 @@ TITLES = {
     "replicas": "1 vs 2 vs 3 replicas behind nginx",
     "metrics": "Metrics on vs off (one replica, no nginx)",
     "capacity_figures": "Capacity figures: each lookup path alone, bytes per record",
+    "redis_cluster": "One Redis vs a Redis Cluster (one replica, its copy off, no nginx)",
     "overload": "Three times capacity: refused fast, bounded, recovered",
     "redis_empty": "Redis emptied at half capacity: refilled, nothing failed",
     "postgres_gone": "Postgres gone for a minute at half capacity",
@@ -176,10 +177,72 @@ def targets(results: Mapping[str, Any]) -> list[Target]:
     if "metrics on" in metrics and "metrics off" in metrics and metrics["metrics off"]["rps"]:
         cost = 1 - metrics["metrics on"]["rps"] / metrics["metrics off"]["rps"]
         out.append(Target("metrics", "req/s cost of metrics", cost, METRICS_MAX_COST, False, "%"))
+    out += cluster_targets(steps.get("redis_cluster", {}))
     out += overload_targets(steps.get("overload", {}))
     out += recovery_targets(steps)
     out += soak_targets(steps.get("soak", {}))
     return out
+
+
+def cluster_targets(step: Mapping[str, Any]) -> list[Target]:
+    """redis_cluster's honest targets: with the copy off and Redis full, every lookup is a 200
+    answered by Redis, in either mode. Its req/s and CPU are figures (cluster_table)."""
+    out = []
+    for label, run in step.get("runs", {}).items():
+        short = label.split(" (")[0]
+        lookups = run.get("store", {}).get("lookups", {})
+        elsewhere = sum(v for k, v in lookups.items() if k != "redis_hit")
+        out += [
+            Target("redis_cluster", f"{short}: errors", run["errors"], 0, False, "errors"),
+            Target("redis_cluster", f"{short}: lookups not answered by Redis", elsewhere, 0,
+                   False, "lookups"),
+        ]  # fmt: skip
+    return out
+
+
+def cluster_kind(process: str) -> str:
+    """redis_cluster's tiers: the replica, Redis (every node summed), Postgres, the rest."""
+    kind = process_kind(process)
+    return {"api": "replica", "redis": "redis", "postgres": "postgres"}.get(kind, "")
+
+
+def cluster_table(step: Mapping[str, Any]) -> str:
+    """redis_cluster: CPU µs per request per tier for each configuration, and cluster / single
+    for every figure."""
+    runs = step.get("runs", {})
+    if len(runs) != 2:
+        return ""
+    tiers = ("replica", "redis", "postgres")
+    figures: dict[str, dict[str, float]] = {}
+    for label, run in runs.items():
+        requests = run.get("requests") or 0
+        row = {"rps": run["rps"], "p50_ms": run["p50_ms"], "p99_ms": run["p99_ms"]}
+        row |= dict.fromkeys(tiers, 0.0)
+        for process, cores in run.get("cpu", {}).items():
+            kind = cluster_kind(process)
+            if kind and requests:
+                row[kind] += cores * run.get("wall_s", 0.0) / requests * 1e6
+        row["server"] = sum(row[t] for t in tiers)
+        idle = sum(step.get("redis_idle_cores", {}).get(label, {}).values())
+        # What Redis spends with no load at all, spread over the run's requests, taken off
+        row["redis_busy"] = max(0.0, row["redis"] - (idle * 1e6 / run["rps"] if run["rps"] else 0))
+        row["redis_idle"] = idle
+        figures[label] = row
+    one, many = figures.values()  # single, then cluster (the step's order)
+    columns = ("rps", "p50_ms", "p99_ms", *tiers, "server", "redis_idle", "redis_busy")
+    heads = ("req/s", "p50 ms", "p99 ms", "replica µs/request", "Redis µs/request",
+             "Postgres µs/request", "server µs/request", "Redis idle, cores",
+             "Redis µs/request above idle")  # fmt: skip
+    rows = ["| configuration | " + " | ".join(heads) + " |", "|---|" + "---|" * len(heads)]
+    for label, row in figures.items():
+        cells = [
+            f"{row[c]:,.0f}" if c == "rps" else f"{row[c]:.3f}" if c == "redis_idle"
+            else f"{row[c]:,.1f}" for c in columns
+        ]  # fmt: skip
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    ratios = [f"{many[c] / one[c]:.2f}x" if one[c] else "-" for c in columns]
+    rows.append("| cluster / single | " + " | ".join(ratios) + " |")
+    return "\n".join(rows)
 
 
 def offered(run: Mapping[str, Any]) -> float:
@@ -619,6 +682,16 @@ def markdown(results: Mapping[str, Any], charts: Iterable[str] = ()) -> str:
             cpu = cpu_table(runs, nproc)
             if cpu:
                 lines += ["CPU (cores) per process and what the replicas reported:", "", cpu, ""]
+        cluster = cluster_table(step) if name == "redis_cluster" else ""
+        if cluster:
+            lines += [
+                "CPU per request of each tier (cores x wall time / requests; Redis: every "
+                "process of the configuration summed), and the ratio of the cluster's figure "
+                "to the single Redis's:",
+                "",
+                cluster,
+                "",
+            ]
         tiers = tiers_table(step)
         if tiers:
             lines += [

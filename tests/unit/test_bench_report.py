@@ -101,6 +101,26 @@ SAMPLE: dict[str, Any] = {
             "notes": ["| figure | value | how |\n|---|---|---|\n| hit_per_core | 6,153.8 /s per "
                       "core | copy, paced |"],
         },
+        "redis_cluster": {
+            "runs": {
+                "single Redis": run(3000, 20, 30, 40, wall_s=10,
+                                    cpu={"api-1": 0.90, "redis": 0.03, "wrk": 0.1},
+                                    store={"lookups": {"redis_hit": 30000}}),
+                "Redis Cluster (3 masters + 3 replicas)": run(
+                    2400, 25, 40, 60, errors=2, wall_s=10,
+                    cpu={"api-1": 0.90, "redis-m1": 0.02, "redis-m2": 0.02, "redis-m3": 0.02,
+                         "redis-r1": 0.01, "redis-r2": 0.01, "redis-r3": 0.01, "wrk": 0.1},
+                    store={"lookups": {"redis_hit": 23990, "fallback_hit": 10}},
+                ),
+            },
+            "redis_idle_cores": {
+                "single Redis": {"redis": 0.0},
+                "Redis Cluster (3 masters + 3 replicas)": {
+                    "redis-m1": 0.004, "redis-m2": 0.004, "redis-m3": 0.004,
+                    "redis-r1": 0.004, "redis-r2": 0.004, "redis-r3": 0.004,
+                },
+            },
+        },
         "overload": {
             "runs": {
                 "capacity": statuses(7000, 7000),
@@ -255,6 +275,24 @@ def test_recovery_targets() -> None:
     assert found[("unknown_flood", "lookups that asked Postgres during the flood")].met
     probe = found[("unknown_flood", "a newcomer's known-id p99 during the flood")]
     assert probe.goal == 12.0 and probe.met  # 1.5 x 8 ms
+
+
+def test_redis_cluster_is_figures_with_honest_targets_only() -> None:
+    found = by_name(SAMPLE)
+    assert found[("redis_cluster", "single Redis: errors")].met
+    assert found[("redis_cluster", "single Redis: lookups not answered by Redis")].met
+    assert not found[("redis_cluster", "Redis Cluster: errors")].met
+    assert found[("redis_cluster", "Redis Cluster: lookups not answered by Redis")].measured == 10
+    assert "redis_cluster" not in rr.ASSERTED  # a figure step: never fails the bench
+    table = rr.cluster_table(SAMPLE["steps"]["redis_cluster"])
+    rows = {r.split(" | ")[0].strip("| "): r.split(" | ")[1:] for r in table.splitlines()}
+    # replica 0.90 x 10 s / 30,000 = 300 µs; Redis 0.03 x 10 / 30,000 = 10 µs
+    assert rows["single Redis"][:8] == ["3,000", "20.0", "40.0", "300.0", "10.0", "0.0",
+                                        "310.0", "0.000"]  # fmt: skip
+    # the cluster's six summed: 0.09 x 10 / 24,000 = 37.5 µs; idle 0.024 cores = 10 µs of it
+    cluster = rows["Redis Cluster (3 masters + 3 replicas)"]
+    assert cluster[4] == "37.5" and cluster[7] == "0.024" and cluster[8].startswith("27.5")
+    assert rows["cluster / single"][:2] == ["0.80x", "1.25x"]
 
 
 def test_only_assertion_steps_can_fail_the_bench() -> None:
