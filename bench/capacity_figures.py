@@ -38,15 +38,15 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urlsplit
 
 import redis
 
+from bench.resources import MeasuringBench as BenchLike
 from bench.resources import rss_bytes, scrape
 from bench.wrk import wrk
 from core.contract import DATASETS, LIVE_KEY, MARKER_KEY, parse_version
-from core.settings import Settings
 from seeder.generate import FIRST_STUDENT_ID
 from stack.servers import child_pids, free_port, granian_command, stop_children, wait_for
 
@@ -65,22 +65,6 @@ REPLICAS: dict[str, dict[str, str]] = {
     "Redis": {"SURGE_LOCAL_CACHE_MB": "0"},
     "Postgres": {"SURGE_LOCAL_CACHE_MB": "0"},  # and SURGE_REDIS_URL at an empty database
 }
-
-
-class BenchLike(Protocol):
-    """What this step uses of bench/report.py's Bench."""
-
-    settings: Settings
-    p: Mapping[str, Any]
-    work: Path
-
-    def measured(
-        self,
-        groups: dict[str, list[int]],
-        ports: dict[str, int],
-        load: Callable[[], dict[str, Any]],
-        loadgen: str,
-    ) -> dict[str, Any]: ...
 
 
 def _figure(value: float, unit: str, source: str) -> dict[str, Any]:

@@ -23,15 +23,16 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import psycopg
 import redis
 
 from bench.api import answers
 from bench.replicas import cpu_seconds
+from bench.resources import MeasuringBench as BenchLike
 from bench.wrk import random_students
 from core.contract import BOOKINGS, STUDENTS
 from core.settings import Settings
@@ -60,22 +61,6 @@ Postgres (measured: 151 lookups of one cluster run), which is not the tier being
 IDLE_S = 5.0
 """Seconds of no load over which each Redis process's own CPU is sampled: a cluster's nodes
 ping each other and their replicas whatever the traffic."""
-
-
-class BenchLike(Protocol):
-    """What this step uses of bench/report.py's Bench."""
-
-    settings: Settings
-    p: Mapping[str, Any]
-    work: Path
-
-    def measured(
-        self,
-        groups: dict[str, list[int]],
-        ports: dict[str, int],
-        load: Callable[[], dict[str, Any]],
-        loadgen: str,
-    ) -> dict[str, Any]: ...
 
 
 def say(msg: str) -> None:

@@ -28,7 +28,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Self
+from typing import Any, Protocol, Self
 
 import psycopg
 import redis
@@ -274,3 +274,20 @@ class Probe(Periodic):
                 "max_ms": values[-1],
             }
         return out
+
+
+class MeasuringBench(Protocol):
+    """What a step module uses of bench/report.py's Bench: its settings, parameters, work dir,
+    and a measured run (CPU per process group and the replicas' counters around a load)."""
+
+    settings: Settings
+    p: Mapping[str, Any]
+    work: Path
+
+    def measured(
+        self,
+        groups: dict[str, list[int]],
+        ports: dict[str, int],
+        load: Callable[[], dict[str, Any]],
+        loadgen: str,
+    ) -> dict[str, Any]: ...

@@ -44,7 +44,9 @@ def one_shot(log: Path, progs: Path = PROGRAMS) -> str:
     """The Prometheus text mtail exports after reading `log` from its start to its end."""
     done = subprocess.run(
         [mtail_binary(), "--one_shot", "--one_shot_format", "prometheus", "--progs", str(progs),
-         "--logs", str(log), "--emit_prog_label=false", "--logtostderr"],
+         "--logs", str(log), "--emit_prog_label=false", "--logtostderr",
+         # It still listens, even one-shot: on a port of its own, not a running mtail's.
+         "--address", "127.0.0.1", "--port", "0"],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     if done.returncode != 0:
