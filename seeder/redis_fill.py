@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 
@@ -238,6 +238,56 @@ def drop_legacy_control_keys(client: Client) -> int:
     return int(client.unlink(*LEGACY_CONTROL_KEYS))
 
 
+class Pacer:
+    """Paces a refill batch by batch at up to `rate` records a second, and slower while the
+    machine is busy: by the kernel's count of the time this thread was ready to run but waited
+    for a CPU, against the time it ran (/proc/thread-self/schedstat). The keeper runs at
+    SCHED_IDLE, so it waits more the more the replicas serve; its Postgres backend and Redis do
+    their part of each record at normal priority, and would otherwise take the replicas' CPU.
+    Each batch is paced on its own: a starved refill goes slower, never catches up in a burst."""
+
+    # The smoothed ratio of waiting to running: at or below CALM the full `rate`, at BUSY and
+    # above SLOWEST of it, in proportion between (measured under make up: a half-capacity
+    # load kept the keeper's ratio near 2, a full load near 7).
+    CALM, BUSY = 3.0, 7.0
+    SLOWEST = 0.2
+    SMOOTHING = 0.2  # weight of the newest batch (one batch's ratio is noisy)
+
+    def __init__(
+        self,
+        rate: float,
+        schedstat: Callable[[], tuple[int, int] | None] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.top = self.rate = rate
+        self.level = 0.0
+        self._schedstat = schedstat or _schedstat
+        self._sleep = sleep
+        self.started = time.monotonic()
+        self.sched = self._schedstat()
+
+    def done(self, records: int) -> None:
+        """After a batch of `records`: wait out its share of the time, then re-rate."""
+        self._sleep(max(0.0, self.started + records / self.rate - time.monotonic()))
+        sched = self._schedstat()
+        if sched is not None and self.sched is not None and sched[0] > self.sched[0]:
+            ratio = (sched[1] - self.sched[1]) / (sched[0] - self.sched[0])
+            self.level += self.SMOOTHING * (ratio - self.level)
+            share = (self.BUSY - self.level) / (self.BUSY - self.CALM)
+            self.rate = self.top * min(1.0, max(self.SLOWEST, share))
+        self.sched, self.started = sched, time.monotonic()
+
+
+def _schedstat() -> tuple[int, int] | None:
+    """(ns this thread ran, ns it waited ready to run), or None where the kernel does not say."""
+    try:
+        with open("/proc/thread-self/schedstat") as f:
+            ran, waited, _slices = f.read().split()
+    except (OSError, ValueError):
+        return None
+    return int(ran), int(waited)
+
+
 def fill(
     conn: psycopg.Connection,
     client: Client,
@@ -258,7 +308,7 @@ def fill(
     records = pending = 0
     # A paced refill sends smaller batches: shorter bursts of work between its pauses.
     batch = _PACED_BATCH_RECORDS if pace > 0 else _BATCH_RECORDS
-    batch_started = time.monotonic()
+    pacer = Pacer(pace) if pace > 0 else None
     key: str | None = None
     fields: list[str | bytes] = []  # the hash being built: field, value, field, value, ...
 
@@ -279,11 +329,8 @@ def fill(
             if pending >= batch:
                 pipe.execute()
                 advance(pending)
-                if pace > 0:
-                    # Each batch paced on its own: a refill starved of CPU (the keeper runs
-                    # SCHED_IDLE) goes slower instead of catching up in a burst when CPU frees.
-                    time.sleep(max(0.0, batch_started + pending / pace - time.monotonic()))
-                    batch_started = time.monotonic()
+                if pacer is not None:
+                    pacer.done(pending)
                 pending = 0
         fields.append(field)
         fields.append(render(row))

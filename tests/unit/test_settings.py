@@ -60,7 +60,7 @@ DEFAULTS = {
     "SURGE_METRICS": True,
     # seeder
     "SURGE_RESEED_GRACE": 2.0,
-    "SURGE_REFILL_RATE": 30_000,
+    "SURGE_REFILL_RATE": 40_000,
     # local stack
     "SURGE_RUN_DIR": "",
     "SURGE_REPLICAS": None,
