@@ -146,6 +146,9 @@ def table(p: Json) -> Json:
 
 
 KINDS = {"ts": timeseries, "stat": stat, "table": table}
+KEYS = {"q", "unit", "about", "w", "h", "stack", "min", "max", "legend"}
+KEYS |= {"thresholds", "mappings", "decimals", "text"}
+"""What a panel may say besides its kind; anything else is a typo that would be dropped."""
 
 
 def variable(v: Json) -> Json:
@@ -177,6 +180,8 @@ def lay_out(items: list[Json]) -> list[Json]:
     into, x, y, line_h = top, 0, 0, 0
     for n, item in enumerate(items, start=1):
         if "row" in item:
+            if into is not top:
+                raise ValueError(f"{item}: a collapsed row must be the last (panels live in it)")
             y, x, line_h = y + line_h, 0, 0
             collapsed = item.get("collapsed", False)
             grid = {"h": 1, "w": 24, "x": 0, "y": y}
@@ -185,7 +190,10 @@ def lay_out(items: list[Json]) -> list[Json]:
             into = top[-1]["panels"] if collapsed else top
             y += 1
             continue
-        kind = next(k for k in KINDS if k in item)
+        kinds, unknown = item.keys() & KINDS.keys(), item.keys() - KINDS.keys() - KEYS
+        if len(kinds) != 1 or unknown or "q" not in item:
+            raise ValueError(f"{item}: one of {sorted(KINDS)} and q, no {sorted(unknown)}")
+        kind = kinds.pop()
         w, h = item.get("w", SIZES[kind][0]), item.get("h", SIZES[kind][1])
         if x + w > 24:
             y, x, line_h = y + line_h, 0, 0
