@@ -13,7 +13,7 @@ set, a join that never matches.
 Run it while (or shortly after) a load test pushes k6's metrics: k6's series exist only then.
 Exit status: 0 when every query returned data, 1 otherwise (each empty one is listed).
 
-Also used by tests/test_dashboards.py (structure, PromQL syntax, and the live check).
+Also used by tests/e2e/test_dashboards.py (structure, PromQL syntax, and the live check).
 """
 
 from __future__ import annotations
