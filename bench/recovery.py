@@ -383,11 +383,18 @@ def postgres_gone(bench: Bench) -> dict[str, Any]:
         "slowest_503_ms": max((a["ms"] for a in during), default=0.0),
         "full_service_s": full,
     }
+    # Tasks move with the requests in flight at each sample (and the load shifts between the
+    # replicas): what a leak leaves behind raises the floor, as the soak reads it.
+    floor_before, floor_after = res.minima(2, res_down), res.minima(res_back + 3, res.elapsed())
     for key in before:
-        if key.startswith("api-") and key.split()[-1] in ("rss_mb", "tasks"):
+        if key.startswith("api-") and key.split()[-1] == "rss_mb":
             figures[f"{key} before (median)"] = before[key]
             figures[f"{key} during (max)"] = within.get(key, 0.0)
             figures[f"{key} after (median)"] = after.get(key, 0.0)
+        elif key.startswith("api-") and key.split()[-1] == "tasks":
+            figures[f"{key} before (min)"] = floor_before[key]
+            figures[f"{key} during (max)"] = within.get(key, 0.0)
+            figures[f"{key} after (min)"] = floor_after.get(key, 0.0)
     say(f"postgres_gone: {figures}")
     return {
         "how": f"wrk -t1 -c{connections} (bench/statuses.lua) over students "
@@ -398,8 +405,9 @@ def postgres_gone(bench: Bench) -> dict[str, Any]:
         f"a new connection (each once). `make up`'s Postgres stopped under supervisord "
         f"{fault_at} s in (every session cut), started again {outage} s later; then each "
         "replica asked directly for a miss until it answered 200 (full service). Memory and "
-        "tasks sampled every second (bench/resources.py): medians before the outage and from "
-        "3 s after its end, the maximum during it.",
+        "tasks sampled every second (bench/resources.py): before the outage and from 3 s after "
+        "its end, memory's medians and the tasks' floors (the fewest: the rest are requests in "
+        "flight), the maximum during it.",
         "runs": {"cached lookups": {**run, "capacity_rps": capacity}},
         "figures": {"postgres gone": figures},
     }

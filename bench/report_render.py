@@ -366,16 +366,16 @@ def recovery_targets(steps: Mapping[str, Any]) -> list[Target]:
                    FULL_SERVICE_S, False, "s"),
         ]  # fmt: skip
         for key, before in gone.items():
-            if not key.endswith(" before (median)"):
-                continue
-            name = key.removesuffix(" before (median)")
-            after = gone[f"{name} after (median)"]
-            if name.endswith("rss_mb"):
+            if key.endswith(" before (median)"):  # memory
+                name = key.removesuffix(" before (median)")
+                after = gone[f"{name} after (median)"]
                 growth_ = (after - before) / before if before else 0.0
                 out.append(Target("postgres_gone", f"{name.split()[0]} memory after vs before",
                                   growth_, OVERLOAD_MEMORY_GROWTH, False, "%"))  # fmt: skip
-            else:
-                out.append(Target("postgres_gone", f"{name} after - before (medians)",
+            elif key.endswith(" before (min)"):  # tasks, by their floor
+                name = key.removesuffix(" before (min)")
+                after = gone[f"{name} after (min)"]
+                out.append(Target("postgres_gone", f"{name} after - before (floors)",
                                   after - before, count_allowance(before), False))  # fmt: skip
     flood = steps.get("unknown_flood", {})
     f = flood.get("figures", {}).get("flood")

@@ -155,8 +155,8 @@ SAMPLE: dict[str, Any] = {
                 "cached_failed": 0.0, "misses_during": 590.0, "misses_not_a_proper_503": 0.0,
                 "slowest_503_ms": 520.0, "full_service_s": 0.8,
                 "api-1 rss_mb before (median)": 100.0, "api-1 rss_mb during (max)": 104.0,
-                "api-1 rss_mb after (median)": 101.0, "api-1 tasks before (median)": 40.0,
-                "api-1 tasks during (max)": 90.0, "api-1 tasks after (median)": 52.0,
+                "api-1 rss_mb after (median)": 101.0, "api-1 tasks before (min)": 40.0,
+                "api-1 tasks during (max)": 90.0, "api-1 tasks after (min)": 52.0,
             }},
         },
         "unknown_flood": {
@@ -270,7 +270,7 @@ def test_recovery_targets() -> None:
     assert found[("postgres_gone", "slowest 503")].met
     assert found[("postgres_gone", "full service after its return")].met
     assert found[("postgres_gone", "api-1 memory after vs before")].measured == pytest.approx(0.01)
-    tasks = found[("postgres_gone", "api-1 tasks after - before (medians)")]
+    tasks = found[("postgres_gone", "api-1 tasks after - before (floors)")]
     assert tasks.measured == 12 and tasks.goal == 4 and not tasks.met  # during may rise; after not
     assert found[("unknown_flood", "lookups that asked Postgres during the flood")].met
     probe = found[("unknown_flood", "a newcomer's known-id p99 during the flood")]
@@ -298,7 +298,7 @@ def test_redis_cluster_is_figures_with_honest_targets_only() -> None:
 def test_only_assertion_steps_can_fail_the_bench() -> None:
     missed = {(t.step, t.name) for t in rr.missed_assertions(SAMPLE)}
     assert missed == {
-        ("postgres_gone", "api-1 tasks after - before (medians)"),
+        ("postgres_gone", "api-1 tasks after - before (floors)"),
         ("overload", "memory at 3x vs at capacity (worst: nginx)"),
         ("soak", "replica memory growth, median (worst: api-2)"),
         ("soak", "api-1 tasks at the end - baseline (minimum)"),
