@@ -47,7 +47,7 @@ class DatasetCache(msgspec.Struct, frozen=True):
     """Records of the live Redis version, as its fill counted them."""
     redis_hashes: int | None
     live_version: int | None
-    """The version surge:live names (0: not seeded); null when Redis is unreachable."""
+    """The version {surge}:live names (0: not seeded); null when Redis is unreachable."""
     replica_version: int
     """The version this replica reads now (follows live_version within the refresh interval)."""
     switched_at: str | None

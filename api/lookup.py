@@ -46,6 +46,8 @@ from api.settings import Settings
 
 log = logging.getLogger("surge.lookup")
 T = TypeVar("T")
+# One Redis, or a Redis Cluster (SURGE_REDIS_MODE=cluster): the read path's calls are the same.
+RedisClient = aioredis.Redis | aioredis.RedisCluster
 
 # What a failing Redis raises through redis-py: its own errors, socket errors, timeouts.
 REDIS_FAULTS = (RedisError, OSError, TimeoutError)
@@ -167,36 +169,57 @@ class Lookup:
         )
         self.unknown = NegativeCache(settings.negative_cache_ttl, settings.negative_cache_size)
         # The Redis version each dataset is read from and written back to, as this replica last
-        # read surge:live; refreshed in the background (watch_live), never per request.
+        # read {surge}:live; refreshed in the background (watch_live), never per request.
         self.live: dict[str, int] = {d.name: UNSEEDED_VERSION for d in DATASETS}
         self.local = LocalCache(settings.local_cache_mb * 2**20)
         for name, version in self.live.items():
             self.local.switch(name, version)
-        # The newest single-record refresh this replica has applied (surge:refreshed stream id).
+        # The newest single-record refresh this replica has applied ({surge}:refreshed stream id).
         self._refreshed_seen: bytes | str = b"0-0"
         self._watcher: asyncio.Task[None] | None = None
         self._warmers: dict[str, asyncio.Task[int]] = {}
-        # The pool is as large as the replica's concurrency cap (Granian --backpressure), so
-        # it cannot run dry; no retries: a failed call falls back to Postgres at once.
-        self.redis = aioredis.Redis(
-            connection_pool=aioredis.ConnectionPool.from_url(
+        self.redis: RedisClient
+        self.warm_redis: RedisClient
+        if settings.cluster:
+            # Per node: as many connections as the replica's concurrency cap. No retries of a
+            # failed call either (MOVED and ASK are still followed: they are not failures); a
+            # connection error makes the client read the slot map again on its next call.
+            self.redis = aioredis.RedisCluster.from_url(
                 settings.redis_url,
                 max_connections=settings.redis_pool_size,
                 socket_timeout=settings.redis_timeout,
                 socket_connect_timeout=settings.redis_timeout,
                 retry=Retry(NoBackoff(), 0),
             )
-        )
-        # The warm-up's own connection: its pipelines carry ~1,000 records, which a replica busy
-        # serving may take longer than SURGE_REDIS_TIMEOUT to read, and a timed-out warm-up
-        # would start over and fetch it all again.
-        self.warm_redis = aioredis.Redis.from_url(
-            settings.redis_url,
-            max_connections=1,
-            socket_timeout=WARM_TIMEOUT_S,
-            socket_connect_timeout=settings.redis_timeout,
-            retry=Retry(NoBackoff(), 0),
-        )
+            self.warm_redis = aioredis.RedisCluster.from_url(
+                settings.redis_url,
+                max_connections=len(DATASETS),  # per node: one for each dataset's warm-up
+                socket_timeout=WARM_TIMEOUT_S,
+                socket_connect_timeout=settings.redis_timeout,
+                retry=Retry(NoBackoff(), 0),
+            )
+        else:
+            # The pool is as large as the replica's concurrency cap (Granian --backpressure), so
+            # it cannot run dry; no retries: a failed call falls back to Postgres at once.
+            self.redis = aioredis.Redis(
+                connection_pool=aioredis.ConnectionPool.from_url(
+                    settings.redis_url,
+                    max_connections=settings.redis_pool_size,
+                    socket_timeout=settings.redis_timeout,
+                    socket_connect_timeout=settings.redis_timeout,
+                    retry=Retry(NoBackoff(), 0),
+                )
+            )
+            # The warm-ups' own connections, one per dataset as they run side by side (a shared
+            # one made the second fail at once and start over): their pipelines carry ~1,000
+            # records, which a busy replica may take longer than SURGE_REDIS_TIMEOUT to read.
+            self.warm_redis = aioredis.Redis.from_url(
+                settings.redis_url,
+                max_connections=len(DATASETS),
+                socket_timeout=WARM_TIMEOUT_S,
+                socket_connect_timeout=settings.redis_timeout,
+                retry=Retry(NoBackoff(), 0),
+            )
         # The primary: misses when there is no standby (or it fails), admin routes, refreshes.
         self.postgres = self._pool(settings.database_url, "surge", checked=True)
         # Misses go to the standby while it answers and keeps up. Its connections are not
@@ -266,10 +289,10 @@ class Lookup:
             await self.warm_redis.aclose()
 
     async def refresh_live(self) -> bool:
-        """Read surge:live and the refreshes since the last read, in one round trip; on any
+        """Read {surge}:live and the refreshes since the last read, in one round trip; on any
         failure keep the versions already known.
 
-        A dataset absent from surge:live (an empty or flushed Redis) reads version 0, like
+        A dataset absent from {surge}:live (an empty or flushed Redis) reads version 0, like
         every other replica, so their write-backs land in the same keys."""
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -375,7 +398,7 @@ class Lookup:
             rounds += 1
             try:
                 await self.refresh_live()
-            except Exception:  # a malformed surge:live, say: keep the versions, keep watching
+            except Exception:  # a malformed {surge}:live, say: keep the versions, keep watching
                 log.exception("live versions not refreshed")
             if rounds % POOL_CHECK_ROUNDS == 0:
                 # A replica nginx rarely sends work to (a spill-over backup) would otherwise keep
@@ -602,18 +625,14 @@ class Lookup:
 
     def stats(self) -> LookupStats:
         """This read path's state for the metrics, from its clients' public counters."""
-        redis_pool = self.redis.connection_pool
-        redis_counts = {
-            attributes.get(DB_CLIENT_CONNECTION_STATE): count
-            for count, attributes in redis_pool.get_connection_count()
-        }
+        redis_in_use, redis_idle, redis_max = _redis_connections(self.redis)
         pg = self.postgres.get_stats()
         pg_size, pg_idle = pg.get("pool_size", 0), pg.get("pool_available", 0)
         local = self.local
         return LookupStats(
-            redis_in_use=redis_counts.get(ConnectionState.USED.value, 0),
-            redis_idle=redis_counts.get(ConnectionState.IDLE.value, 0),
-            redis_max=redis_pool.max_connections,
+            redis_in_use=redis_in_use,
+            redis_idle=redis_idle,
+            redis_max=redis_max,
             postgres_in_use=pg_size - pg_idle,
             postgres_idle=pg_idle,
             postgres_max=self.postgres.max_size,
@@ -664,6 +683,21 @@ async def _select(
     return None if row is None else dataset.render(row)
 
 
+def _redis_connections(client: RedisClient) -> tuple[int | None, int | None, int]:
+    """(in use, idle, most allowed) connections of a Redis client. A cluster client's nodes
+    count theirs in private fields only: its in use and idle are unknown (None), its most
+    allowed summed over the nodes it knows."""
+    if isinstance(client, aioredis.RedisCluster):
+        return None, None, sum(node.max_connections for node in client.get_nodes())
+    pool = client.connection_pool
+    counts = {
+        attributes.get(DB_CLIENT_CONNECTION_STATE): count
+        for count, attributes in pool.get_connection_count()
+    }
+    used = counts.get(ConnectionState.USED.value, 0)
+    return used, counts.get(ConnectionState.IDLE.value, 0), pool.max_connections
+
+
 def _forget_call(calls: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None]:
     def forget(call: asyncio.Task[Any]) -> None:
         calls.discard(call)
@@ -674,5 +708,5 @@ def _forget_call(calls: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]],
 
 
 def _source(marker: dict[str, Any]) -> tuple[int, str]:
-    """The Postgres load a version was filled from, as its `surge:meta` marker names it."""
+    """The Postgres load a version was filled from, as its `{surge}:meta` marker names it."""
     return int(marker.get("seed", -1)), str(marker.get("loaded_at", ""))

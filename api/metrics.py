@@ -308,8 +308,9 @@ class LookupStats:
     """What the read path reports of itself at scrape time (api.lookup.Lookup.stats): the
     metrics module renders it and reads nothing else of the lookup or its clients."""
 
-    redis_in_use: int
-    redis_idle: int
+    redis_in_use: int | None
+    """None when the client cannot tell (a cluster client): the gauge is then left out."""
+    redis_idle: int | None
     redis_max: int
     postgres_in_use: int
     postgres_idle: int
@@ -333,7 +334,9 @@ class _LookupCollector(Collector):
         yield _gauge(
             "surge_redis_pool_connections",
             "Redis connections of this replica by state (in_use, idle).",
-            [(("in_use",), st.redis_in_use), (("idle",), st.redis_idle)],
+            [(("in_use",), st.redis_in_use), (("idle",), st.redis_idle)]
+            if st.redis_in_use is not None and st.redis_idle is not None
+            else [],
             ["state"],
         )
         yield _gauge(

@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 _PREFIX = "SURGE_"
+REDIS_MODES = ("single", "cluster")
 DEFAULT_PASSWORD = "surge"  # local development only: production refuses it
 
 
@@ -25,7 +26,14 @@ class Settings:
     refresh always use SURGE_DATABASE_URL, and the seeder switches Redis to a new version only
     once the standby has replayed its load."""
     redis_url: str = "redis://127.0.0.1:6379/0"
-    """Redis, the read cache the seeder fills."""
+    """Redis, the read cache the seeder fills; in cluster mode any one node of the cluster (the
+    clients learn the others from it)."""
+    redis_mode: str = "single"
+    """`single`: SURGE_REDIS_URL is one Redis. `cluster`: it is a node of a Redis Cluster, and
+    every client (API, seeder, keeper, exporter) talks to the cluster."""
+    redis_nodes: int = 3
+    """Masters of the Redis Cluster `make up` starts in cluster mode, each with one replica, on
+    consecutive ports from SURGE_REDIS_PORT (at least 3, as redis-cli --cluster create asks)."""
 
     students: int = 664_824
     """How many students the seeder makes (ids start at 10,000)."""
@@ -64,15 +72,15 @@ class Settings:
     primary; past it the seeder fails, the refresh answers 503, and Redis stays as it was."""
 
     live_refresh_interval: float = 0.5
-    """Seconds between a replica's reads of the live dataset versions (surge:live)."""
+    """Seconds between a replica's reads of the live dataset versions ({surge}:live)."""
     reseed_grace: float = 2.0
     """Seconds the seeder keeps the previous Redis version after switching to a new one: above
     twice SURGE_LIVE_REFRESH_INTERVAL plus SURGE_REDIS_TIMEOUT, so no replica still reads it."""
 
-    refill_rate: int = 60_000
+    refill_rate: int = 30_000
     """Records a second the redis-keeper (surge-seed --watch) refills an emptied Redis at,
     both datasets together; 0 = as fast as it can. Paced so that the refill leaves the
-    replicas the CPU they serve with: the default dataset is whole again in about 25 s."""
+    replicas the CPU they serve with: the default dataset is whole again in about 45 s."""
 
     admin_token: str = ""
     """Bearer token of the /admin routes; empty (the default) leaves them out entirely."""
@@ -95,6 +103,23 @@ class Settings:
 
     metrics: bool = True
     """Serve /metrics and count requests (off only to measure what metrics cost)."""
+
+    def __post_init__(self) -> None:
+        if self.redis_mode not in REDIS_MODES:
+            raise ValueError(
+                f"{env_name('redis_mode')} must be one of {', '.join(REDIS_MODES)}, "
+                f"got {self.redis_mode!r}"
+            )
+        if self.redis_nodes < 3:
+            raise ValueError(
+                f"{env_name('redis_nodes')} must be 3 or more (a Redis Cluster needs 3 masters), "
+                f"got {self.redis_nodes}"
+            )
+
+    @property
+    def cluster(self) -> bool:
+        """Whether Redis is a Redis Cluster (SURGE_REDIS_MODE=cluster)."""
+        return self.redis_mode == "cluster"
 
     @property
     def standby_url(self) -> str:
@@ -151,4 +176,4 @@ def env_name(setting: str) -> str:
     return _PREFIX + setting.upper()
 
 
-__all__ = ["Settings", "env_name"]
+__all__ = ["REDIS_MODES", "Settings", "env_name"]

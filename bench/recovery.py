@@ -3,8 +3,9 @@ are in bench/report_render.py):
 
   redis_empty    Redis emptied (FLUSHALL) at half capacity, with the replicas' own copies on
                  (the default) and off: nothing fails, the keeper restores the live versions and
-                 the whole dataset, lookups come back to Redis (or the copy), and the rate served
-                 never drops below the load.
+                 the whole dataset, lookups come back to Redis (or the copy); and once more at
+                 full load, where the capacity left while the keeper refills never drops below
+                 that half-capacity load.
   postgres_gone  Postgres stopped for a minute at half capacity, the copies off (so that lookups
                  go through Redis and misses reach Postgres): cached lookups never fail, misses
                  get 503 + Retry-After within 1 s, full service within 5 s of its return, the
@@ -22,12 +23,14 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from functools import partial
 from typing import Any, Protocol
 
 import redis
 
 from api.contract import LIVE_KEY, MARKER_KEY, STUDENTS
 from api.settings import Settings
+from bench.report_render import FULL_LOAD
 from bench.resources import Periodic, Probe, Resources, scrape, wait_copies
 from seeder.generate import FIRST_STUDENT_ID
 from stack.launcher import Stack
@@ -111,7 +114,7 @@ class Outcomes(Periodic):
 
 class LiveWatch(Periodic):
     """Every 0.25 s: whether Redis names a live students version that the seeder marked whole
-    (its `surge:meta` entry for that very version): the live versions, metadata and records
+    (its `{surge}:meta` entry for that very version): the live versions, metadata and records
     all back."""
 
     def __init__(self, client: redis.Redis) -> None:
@@ -216,19 +219,27 @@ def _pace(connections: int, rate: float) -> str:
 def redis_empty(bench: Bench) -> dict[str, Any]:
     seconds, flush_at = bench.p["recovery_seconds"], bench.p["recovery_fault_at"]
     capacity = bench.capacity()["rps"]
-    connections = PACED_CONNECTIONS
-    pace = _pace(connections, capacity / 2)
+    paced: tuple[int, str | None] = (PACED_CONNECTIONS, _pace(PACED_CONNECTIONS, capacity / 2))
+    # A paced closed loop shows what a fixed crowd gets; how much the refill leaves to serve
+    # with needs a load that takes all of it, as the capacity run does.
+    full: tuple[int, str | None] = (bench.capacity_connections(), None)
+    copy_off = {"SURGE_LOCAL_CACHE_MB": "0"}
     client = redis.Redis.from_url(bench.settings.redis_url, socket_timeout=5)
     runs: dict[str, dict[str, Any]] = {}
     figures: dict[str, dict[str, float | None]] = {}
     notes = []
     try:
-        for label, env in (("copy on", {}), ("copy off", {"SURGE_LOCAL_CACHE_MB": "0"})):
+        for label, env, (conns, pace) in (
+            ("copy on", {}, paced),
+            (FULL_LOAD, {}, full),
+            ("copy off", copy_off, paced),
+        ):
             bench.top.launcher("up", **env)
             ports = _replica_ports(bench.top)
             wait_copies(ports)
             with Outcomes(ports) as outcomes, LiveWatch(client) as live:
-                thread, out = _in_thread(lambda: bench.statuses_wrk(seconds, connections, pace))
+                args = [pace] if pace else []
+                thread, out = _in_thread(partial(bench.statuses_wrk, seconds, conns, *args))
                 time.sleep(flush_at)
                 client.flushall()
                 flushed = time.monotonic() - outcomes.start
@@ -255,6 +266,8 @@ def redis_empty(bench: Bench) -> dict[str, Any]:
                 "whole_again_s": whole,
                 "lowest_rate_vs_load": (min(p["all"] for p in after) / load) if after and load
                 else None,
+                "lowest_rate_vs_half_capacity": (min(p["all"] for p in after) / (capacity / 2))
+                if after else None,
             }  # fmt: skip
             runs[label] = {**run, "capacity_rps": capacity}
             notes.append(_timeline(label, series, flushed, share))
@@ -263,11 +276,13 @@ def redis_empty(bench: Bench) -> dict[str, Any]:
         bench.top.launcher("up")  # the copies back on
         client.close()
     return {
-        "how": f"wrk -t1 -c{connections} (bench/statuses.lua, random students), each connection "
-        f"paced to offer about half the capacity ({capacity:,.0f} 200/s, measured in this run) "
-        f"for {seconds} s through nginx; Redis emptied with FLUSHALL {flush_at} s in, once with "
-        "the replicas' own copies on (the default) and once with them off "
-        "(SURGE_LOCAL_CACHE_MB=0, so that every lookup needs Redis). Nobody acts: the "
+        "how": f"wrk -t1 -c{PACED_CONNECTIONS} (bench/statuses.lua, random students), each "
+        f"connection paced to offer about half the capacity ({capacity:,.0f} 200/s, measured in "
+        f"this run) for {seconds} s through nginx; Redis emptied with FLUSHALL {flush_at} s in, "
+        "once with the replicas' own copies on (the default) and once with them off "
+        "(SURGE_LOCAL_CACHE_MB=0, so that every lookup needs Redis); and once more with the "
+        f"copies on at full load (wrk -t1 -c{full[0]} unpaced, as the capacity run), where each "
+        "second's lookups are the capacity the refill left. Nobody acts: the "
         "redis-keeper of `make up` (surge-seed --watch) refills Redis from Postgres. The "
         "replicas' lookup outcomes every second (their /metrics); Redis checked every 0.25 s "
         "for a live version the seeder marked whole. Versions are never mixed: the refill is a "

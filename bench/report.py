@@ -966,7 +966,7 @@ def write_booking_ids(settings: Settings, path: Path, count: int = 5_000) -> Non
 
 def clear_live_students(client: redis.Redis) -> int:
     """UNLINK the hashes of the live students version (the contract's SCAN pattern): nothing
-    else, neither bookings nor surge:live / surge:meta."""
+    else, neither bookings nor {surge}:live / {surge}:meta."""
     version = parse_version(client.hget(LIVE_KEY, STUDENTS.name))
     keys = list(client.scan_iter(match=STUDENTS.version_pattern(version), count=1000))
     for i in range(0, len(keys), 1000):

@@ -249,8 +249,11 @@ REDIS_BACK_S = 30.0
 """Lookups served without Postgres (the copy or Redis) again, ≥ 90% of them, within this..."""
 REDIS_WHOLE_S = 60.0
 """... and Redis whole again (a live version the seeder marked complete) within this."""
-LOWEST_RATE_SHARE = 0.90
-"""No second after the fault serves fewer lookups than this share of the load before it."""
+FULL_LOAD = "copy on, full load"
+"""redis_empty's run that takes all the capacity the refill leaves."""
+LOWEST_CAPACITY_SHARE = 1.0
+"""At full load, no second of the refill serves fewer lookups than this share of the
+half-capacity load: the refill never takes the capacity below it."""
 UNAVAILABLE_MS = 1000.0
 FULL_SERVICE_S = 5.0
 
@@ -260,10 +263,19 @@ def recovery_targets(steps: Mapping[str, Any]) -> list[Target]:
     out = []
     for label, f in steps.get("redis_empty", {}).get("figures", {}).items():
         whole = f["whole_again_s"]
-        lowest = f["lowest_rate_vs_load"]
         # Asserted as surge runs (its copies on). Without copies every lookup reads Postgres
         # until the refill, far below half the capacity: figures beside it, not assertions.
         shown = label != "copy on"
+        if label == FULL_LOAD:
+            lowest = f.get("lowest_rate_vs_half_capacity")
+            out += [
+                Target("redis_empty", f"{label}: failed requests", f["failed"], 0, False,
+                       "failed"),
+                Target("redis_empty", f"{label}: lowest second's lookups / half the capacity",
+                       0.0 if lowest is None else lowest, LOWEST_CAPACITY_SHARE, True, "%"),
+            ]  # fmt: skip
+            continue
+        lowest = f["lowest_rate_vs_load"]
         out += [
             Target("redis_empty", f"{label}: failed requests", f["failed"], 0, False, "failed",
                    shown),
@@ -271,8 +283,10 @@ def recovery_targets(steps: Mapping[str, Any]) -> list[Target]:
                    f["served_without_postgres_90_s"], REDIS_BACK_S, False, "s", shown),
             Target("redis_empty", f"{label}: Redis whole again after",
                    float("inf") if whole is None else whole, REDIS_WHOLE_S, False, "s", shown),
+            # A paced closed loop on the same two cores: a crowd that waits longer asks less.
+            # The capacity the refill leaves is asserted at full load instead.
             Target("redis_empty", f"{label}: lowest second's lookups / the load before",
-                   0.0 if lowest is None else lowest, LOWEST_RATE_SHARE, True, "%", shown),
+                   0.0 if lowest is None else lowest, 0.90, True, "%", True),
         ]  # fmt: skip
     gone = steps.get("postgres_gone", {}).get("figures", {}).get("postgres gone")
     if gone:

@@ -149,7 +149,7 @@ def watch(settings: Settings, every: float, console: Console, errors: Console) -
     """Seed what is out of date every `every` seconds until stopped (SIGTERM, Ctrl-C)."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     down = False
-    client = redis_fill.connect(settings.redis_url)
+    client = redis_fill.connect(settings.redis_url, cluster=settings.cluster)
     try:
         while True:
             try:

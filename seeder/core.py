@@ -80,7 +80,7 @@ def run(settings: Settings, *, reset: bool, reporter: Reporter, pace: float = 0.
     pools = _Pools(settings.seed)
     with postgres.connect(settings.database_url) as conn:
         postgres.prepare(conn)  # holds the seeder lock until this block ends
-        with closing(redis_fill.connect(settings.redis_url)) as client:
+        with closing(redis_fill.connect(settings.redis_url, cluster=settings.cluster)) as client:
             redis_fill.configure(client)
         # The datasets are independent: seeding them side by side overlaps one's Python work
         # (generating, rendering) with the other's waits on Postgres (index builds, queries).
@@ -106,7 +106,8 @@ def run(settings: Settings, *, reset: bool, reporter: Reporter, pace: float = 0.
                 raise min(errors, key=lambda e: isinstance(e, Cancelled))
     reports = [f.result() for f in futures]
     if not all(r.redis_skipped for r in reports):
-        with closing(redis_fill.connect(settings.redis_url)) as client:
+        with closing(redis_fill.connect(settings.redis_url, cluster=settings.cluster)) as client:
+            redis_fill.drop_legacy_control_keys(client)
             redis_fill.snapshot(client)
     return SeedReport(
         {r.name: r for r in reports}, list(reporter.phases), time.perf_counter() - started
@@ -140,7 +141,7 @@ def _seed_one(
 ) -> DatasetReport:
     with (
         postgres.connect(settings.database_url) as conn,
-        closing(redis_fill.connect(settings.redis_url)) as client,
+        closing(redis_fill.connect(settings.redis_url, cluster=settings.cluster)) as client,
     ):
         pg = postgres.loaded(conn, dataset.name)
         pg_skipped = not reset and pg is not None and (pg.seed, pg.rows) == (settings.seed, count)

@@ -5,12 +5,12 @@ Redis is filled from Postgres, never from the generator, with the contract's sel
 and slot(): the seeder and the API's read-through then write the same bytes under the same field.
 
 Zero-downtime: every key carries its dataset version ("students:v3:1234"). A fill writes a version
-nobody reads yet; switch() then records it in `surge:live` (and its marker) in one MULTI, and each
+nobody reads yet; switch() then records it in `{surge}:live` (and its marker) in one MULTI, and each
 API replica moves to it within its refresh interval. After a grace period longer than that, sweep()
 UNLINKs every other version. A reader therefore sees one version per lookup, never a mix, and never
 a missing key. Redis holds both versions of a dataset during a reseed (twice its memory).
 
-`surge:meta` remembers, per dataset, which Postgres load the live version was filled from (seed,
+`{surge}:meta` remembers, per dataset, which Postgres load the live version was filled from (seed,
 rows, dataset_meta.loaded_at) and how many hashes that made. A run whose Postgres load matches, and
 whose hashes are all still there, leaves Redis alone; anything else (a flush, an eviction, a
 different load) fills a new version.
@@ -28,23 +28,39 @@ import orjson
 import psycopg
 import redis
 
-from api.contract import LIVE_KEY, MARKER_KEY, REDIS_HASH_CONFIG, Dataset, parse_version, stamp
+from api.contract import (
+    FILLING_KEY,
+    LEGACY_CONTROL_KEYS,
+    LIVE_KEY,
+    MARKER_KEY,
+    REDIS_HASH_CONFIG,
+    VERSIONS_KEY,
+    Dataset,
+    parse_version,
+    stamp,
+)
 from seeder.postgres import Loaded
 from seeder.progress import Advance
 
-# The last version handed out per dataset: versions are never reused, so a fill that died midway
-# cannot be mistaken for a live one (its keys are swept by the next run).
-VERSIONS_KEY = "surge:versions"
+# VERSIONS_KEY holds the last version handed out per dataset: versions are never reused, so a
+# fill that died midway cannot be mistaken for a live one (its keys are swept by the next run).
+
+# One Redis, or a Redis Cluster (SURGE_REDIS_MODE=cluster). The same calls work on both: SCAN,
+# CONFIG SET and BGSAVE go to every node, UNLINK is split by slot, a pipeline is grouped by node
+# (each batch one write to every node, then one read), the switch's MULTI stays on the {surge}
+# slot.
+Client = redis.Redis | redis.RedisCluster
 
 _FETCH_ROWS = 5_000  # rows per network chunk from Postgres (libpq chunked-rows mode)
 _BATCH_RECORDS = 5_000  # records per pipeline round trip to Redis
+_PACED_BATCH_RECORDS = 1_000
 _SCAN_COUNT = 1_000
 _MEMORY_SAMPLE = 1_000  # hashes whose memory is measured
 
 
 @dataclass(frozen=True, slots=True)
 class Filled:
-    """What `surge:meta` records for one dataset: the fill behind its live version."""
+    """What `{surge}:meta` records for one dataset: the fill behind its live version."""
 
     version: int
     seed: int
@@ -57,12 +73,15 @@ class Filled:
     """When this version went live (empty in markers written before versions had a time)."""
 
 
-def connect(url: str) -> redis.Redis:
+def connect(url: str, *, cluster: bool = False) -> Client:
+    """A client of the Redis at `url`; `cluster`: of the Redis Cluster that node belongs to."""
     # Generous timeout: a pipeline of several MB takes a moment, unlike the API's lookups.
+    if cluster:
+        return redis.RedisCluster.from_url(url, socket_timeout=60)
     return redis.Redis.from_url(url, socket_timeout=60)
 
 
-def configure(client: redis.Redis) -> None:
+def configure(client: Client) -> None:
     """Apply the contract's hash limits so the hashes stay listpack-encoded (compact).
 
     Managed Redis services often refuse CONFIG SET: then the data still loads, only bigger."""
@@ -82,11 +101,11 @@ def key_pattern(dataset: Dataset, version: int | None = None) -> str:
     return dataset.version_pattern(version)
 
 
-def live_version(client: redis.Redis, dataset: Dataset) -> int:
+def live_version(client: Client, dataset: Dataset) -> int:
     return parse_version(client.hget(LIVE_KEY, dataset.name))
 
 
-def next_version(client: redis.Redis, dataset: Dataset) -> int:
+def next_version(client: Client, dataset: Dataset) -> int:
     """A version no fill has used: above the counter and above the live one (should the counter
     have been deleted on its own)."""
     version = client.hincrby(VERSIONS_KEY, dataset.name, 1)
@@ -97,7 +116,7 @@ def next_version(client: redis.Redis, dataset: Dataset) -> int:
     return version
 
 
-def filled(client: redis.Redis, dataset: Dataset) -> Filled | None:
+def filled(client: Client, dataset: Dataset) -> Filled | None:
     raw = client.hget(MARKER_KEY, dataset.name)
     try:
         return Filled(**orjson.loads(raw)) if raw else None
@@ -105,7 +124,7 @@ def filled(client: redis.Redis, dataset: Dataset) -> Filled | None:
         return None
 
 
-def in_sync(client: redis.Redis, dataset: Dataset, pg: Loaded) -> Filled | None:
+def in_sync(client: Client, dataset: Dataset, pg: Loaded) -> Filled | None:
     """The marker of a fill from exactly this Postgres load, if it is the live version and every
     hash it made is there."""
     marker = filled(client, dataset)
@@ -119,7 +138,7 @@ def in_sync(client: redis.Redis, dataset: Dataset, pg: Loaded) -> Filled | None:
     return marker
 
 
-def looks_whole(client: redis.Redis, datasets: Iterable[Dataset]) -> bool:
+def looks_whole(client: Client, datasets: Iterable[Dataset]) -> bool:
     """A cheap check (two small reads a dataset, no SCAN) that every dataset has a live version
     and its marker: what a Redis that restarted empty or was flushed has lost."""
     pipe = client.pipeline(transaction=False)
@@ -136,15 +155,15 @@ def looks_whole(client: redis.Redis, datasets: Iterable[Dataset]) -> bool:
     return True
 
 
-def _keys(client: redis.Redis, dataset: Dataset, version: int | None = None) -> list[bytes]:
+def _keys(client: Client, dataset: Dataset, version: int | None = None) -> list[bytes]:
     return list(client.scan_iter(match=key_pattern(dataset, version), count=_SCAN_COUNT))
 
 
-def _count_keys(client: redis.Redis, dataset: Dataset, version: int) -> int:
+def _count_keys(client: Client, dataset: Dataset, version: int) -> int:
     return len(_keys(client, dataset, version))
 
 
-def _bytes_per_record(client: redis.Redis, keys: list[bytes]) -> float:
+def _bytes_per_record(client: Client, keys: list[bytes]) -> float:
     """MEMORY USAGE (value, key name and its dict entry) over HLEN of ~1,000 of the hashes.
 
     Sampling the hashes themselves, unlike a used_memory delta, is not thrown off by the other
@@ -159,23 +178,35 @@ def _bytes_per_record(client: redis.Redis, keys: list[bytes]) -> float:
     return sum(replies[0::2]) / records if records else 0.0
 
 
-def _unlink(client: redis.Redis, keys: list[bytes]) -> int:
+def _unlink(client: Client, keys: list[bytes]) -> int:
     # SCAN-sized batches never block Redis; UNLINK frees the memory in the background.
     return sum(client.unlink(*keys[i : i + _SCAN_COUNT]) for i in range(0, len(keys), _SCAN_COUNT))
 
 
-def switch(client: redis.Redis, marker: Filled, dataset: Dataset) -> Filled:
+class FillLost(redis.RedisError):
+    """Redis lost part of a fill (flushed or restarted during it): the version stays unswitched
+    and the next run fills a new one."""
+
+
+def switch(client: Client, marker: Filled, dataset: Dataset) -> Filled:
     """Make `marker.version` the live version: marker and pointer change in one MULTI/EXEC, so
-    `surge:meta` always describes what `surge:live` points at."""
+    `{surge}:meta` always describes what `{surge}:live` points at; only if Redis kept the whole
+    fill (its FILLING_KEY entry, watched, still there)."""
     marker = replace(marker, switched_at=stamp(datetime.now(UTC)))
-    pipe = client.pipeline(transaction=True)
-    pipe.hset(MARKER_KEY, dataset.name, orjson.dumps(asdict(marker)))
-    pipe.hset(LIVE_KEY, dataset.name, marker.version)
-    pipe.execute()
+
+    def make_live(pipe: redis.client.Pipeline) -> None:
+        if parse_version(pipe.hget(FILLING_KEY, dataset.name)) != marker.version:
+            raise FillLost(f"{dataset.name} v{marker.version}: Redis lost records during the fill")
+        pipe.multi()
+        pipe.hset(MARKER_KEY, dataset.name, orjson.dumps(asdict(marker)))
+        pipe.hset(LIVE_KEY, dataset.name, marker.version)
+        pipe.hdel(FILLING_KEY, dataset.name)
+
+    client.transaction(make_live, FILLING_KEY)  # runs again if the entry changed meanwhile
     return marker
 
 
-def snapshot(client: redis.Redis) -> bool:
+def snapshot(client: Client) -> bool:
     """Ask Redis to write an RDB snapshot now (in a forked child): a Redis that restarts, even
     after a crash, loads the last seed instead of coming back empty. False when it refuses (a
     managed Redis, or a snapshot already running)."""
@@ -186,7 +217,7 @@ def snapshot(client: redis.Redis) -> bool:
     return True
 
 
-def stale_keys(client: redis.Redis, dataset: Dataset) -> list[bytes]:
+def stale_keys(client: Client, dataset: Dataset) -> list[bytes]:
     """Keys of every version but the live one: the previous fill, a fill that died midway,
     write-backs of the API to a version it still believed live, keys from before versions."""
     live = live_version(client, dataset)
@@ -196,14 +227,20 @@ def stale_keys(client: redis.Redis, dataset: Dataset) -> list[bytes]:
     return stale + list(legacy)
 
 
-def sweep(client: redis.Redis, dataset: Dataset) -> int:
+def sweep(client: Client, dataset: Dataset) -> int:
     """UNLINK every version of the dataset but the live one. Other data is left alone."""
     return _unlink(client, stale_keys(client, dataset))
 
 
+def drop_legacy_control_keys(client: Client) -> int:
+    """UNLINK the control keys as named before they had a hash tag ("surge:live"): the Redis
+    they were in has just been filled under the new names, and nothing reads the old ones."""
+    return int(client.unlink(*LEGACY_CONTROL_KEYS))
+
+
 def fill(
     conn: psycopg.Connection,
-    client: redis.Redis,
+    client: Client,
     dataset: Dataset,
     pg: Loaded,
     advance: Advance,
@@ -214,17 +251,20 @@ def fill(
     nobody reads yet); switch() makes it live. `pace`: at most that many records a second
     (0: as fast as it goes), for a refill while the replicas serve."""
     _unlink(client, _keys(client, dataset, version))  # never used, unless a counter was lost
+    client.hset(FILLING_KEY, dataset.name, version)
     render, slot, record_id = dataset.render, dataset.slot, dataset.record_id
     prefix = key_pattern(dataset, version)[:-1]
     pipe = client.pipeline(transaction=False)
     records = pending = 0
-    started = time.monotonic()
+    # A paced refill sends smaller batches: shorter bursts of work between its pauses.
+    batch = _PACED_BATCH_RECORDS if pace > 0 else _BATCH_RECORDS
+    batch_started = time.monotonic()
     key: str | None = None
     fields: list[str | bytes] = []  # the hash being built: field, value, field, value, ...
 
     def flush_hash() -> None:
         if fields:
-            pipe.execute_command("HSET", key, *fields)  # type: ignore[no-untyped-call]
+            pipe.execute_command("HSET", key, *fields)
 
     # Chunked streaming: Postgres computes the next rows while these are rendered and sent,
     # and memory stays flat however big the dataset is.
@@ -236,12 +276,15 @@ def fill(
             if not row_key.startswith(prefix):
                 raise RuntimeError(f"{dataset.name}: key {row_key!r} outside {prefix}*")
             key, fields = row_key, []
-            if pending >= _BATCH_RECORDS:
+            if pending >= batch:
                 pipe.execute()
                 advance(pending)
-                pending = 0
                 if pace > 0:
-                    time.sleep(max(0.0, started + records / pace - time.monotonic()))
+                    # Each batch paced on its own: a refill starved of CPU (the keeper runs
+                    # SCHED_IDLE) goes slower instead of catching up in a burst when CPU frees.
+                    time.sleep(max(0.0, batch_started + pending / pace - time.monotonic()))
+                    batch_started = time.monotonic()
+                pending = 0
         fields.append(field)
         fields.append(render(row))
         records += 1

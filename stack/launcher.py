@@ -41,6 +41,7 @@ from stack.nginx import SERVER_PARAMS, NginxServer, local_values
 from stack.servers import (
     HOST,
     PostgresServer,
+    RedisClusterServer,
     RedisServer,
     ServerError,
     StandbyServer,
@@ -278,9 +279,17 @@ REPLICA_START_RETRIES = 3
 """... and after this many in a row supervisord gives up on it (FATAL in `make status`)."""
 
 
+CLUSTER_NODE_PREFIX = "redis-node-"
+"""Program names of the Redis Cluster's nodes (redis-node-1 on SURGE_REDIS_PORT, ...)."""
+CLUSTER_NODE_TIMEOUT_MS = 5000
+"""cluster-node-timeout of `make up`'s cluster: a master silent this long is failed over."""
+
+
 def _kind(name: str) -> str:
     if name.endswith("-exporter"):
         return "exporter"
+    if name.startswith(CLUSTER_NODE_PREFIX):
+        return "redis"
     if replica_number(name) is not None:
         return "api"
     return name
@@ -361,6 +370,37 @@ class Stack:
             },
         )
 
+    def cluster_mode(self) -> bool:
+        """SURGE_REDIS_MODE=cluster: Redis is a Redis Cluster (ours: SURGE_REDIS_NODES masters
+        with a replica each, on the ports from SURGE_REDIS_PORT). A bad mode is refused here."""
+        from api.settings import Settings
+
+        return Settings.from_env(self.environ).cluster
+
+    def redis_cluster(self) -> RedisClusterServer:
+        from api.settings import Settings
+
+        return RedisClusterServer(
+            self.layout.run / "redis-cluster",
+            self.layout.redis_port,
+            masters=Settings.from_env(self.environ).redis_nodes,
+            node_timeout_ms=CLUSTER_NODE_TIMEOUT_MS,
+            persist=True,
+            config={
+                "maxmemory": self.environ.get("SURGE_REDIS_MAXMEMORY") or REDIS_MAXMEMORY,
+                "maxmemory-policy": REDIS_MAXMEMORY_POLICY,
+            },
+            log_dir=self.layout.logs,
+            detached=True,
+        )
+
+    def redis_programs(self) -> list[tuple[str, RedisServer]]:
+        """(program name, server) of each Redis this stack runs: one, or each cluster node."""
+        if self.cluster_mode():
+            nodes = self.redis_cluster().nodes
+            return [(f"{CLUSTER_NODE_PREFIX}{n}", node) for n, node in enumerate(nodes, 1)]
+        return [("redis", self.redis())]
+
     def nginx_values(self, ports: Iterable[int], **knobs: str) -> dict[str, str]:
         """The template's values for the replicas on `ports`: knobs (SURGE_RATE_LIMIT, ...)
         from the environment, then `knobs` (full placeholder names)."""
@@ -410,7 +450,8 @@ class Stack:
         if self._own_standby():
             env["SURGE_DATABASE_READ_URL"] = self.standby().url
         if self._own_redis():
-            env["SURGE_REDIS_URL"] = self.redis().url
+            own = self.redis_cluster() if self.cluster_mode() else self.redis()
+            env["SURGE_REDIS_URL"] = own.url
         return env
 
     # -- the programs -----------------------------------------------------------------------
@@ -433,17 +474,17 @@ class Stack:
             sb = self.standby()
             progs.append(_postgres_program("postgres-standby", sb, sb.command()))
         if self._own_redis():
-            rd = self.redis()
-            progs.append(
-                Program(
-                    "redis",
-                    rd.command(),
-                    PRIORITY["redis"],
-                    rd.port,
-                    directory=rd.dir,
-                    stop_wait_s=60,  # SIGTERM saves the dataset first (a second or two)
+            for name, rd in self.redis_programs():
+                progs.append(
+                    Program(
+                        name,
+                        rd.command(),
+                        PRIORITY["redis"],
+                        rd.port,
+                        directory=rd.dir,
+                        stop_wait_s=60,  # SIGTERM saves the dataset first (a second or two)
+                    )
                 )
-            )
             # SCHED_IDLE: a refill under load runs on the CPU the replicas leave idle.
             keeper = ["chrt", "--idle", "0", sys.executable, "-m", "seeder", "--watch",
                       str(KEEPER_INTERVAL_S)]  # fmt: skip
@@ -508,6 +549,8 @@ class Stack:
         n = replica_number(name)
         if n is not None:
             return layout.replica_port(n)
+        if name.startswith(CLUSTER_NODE_PREFIX):
+            return layout.redis_port + int(name.removeprefix(CLUSTER_NODE_PREFIX)) - 1
         ports: dict[str, int] = {
             "postgres": layout.pg_port,
             "postgres-standby": layout.pg_standby_port,
@@ -560,7 +603,8 @@ class Stack:
         for prog in programs:
             if prog.name in live or not prog.port:
                 continue
-            variable = variables.get(prog.name, "SURGE_API_PORT_BASE")
+            default = "SURGE_REDIS_PORT" if _kind(prog.name) == "redis" else "SURGE_API_PORT_BASE"
+            variable = variables.get(prog.name, default)
             ensure_port_free(prog.port, prog.name, self._hint(variable))
             if prog.name == "nginx":
                 ensure_port_free(
@@ -645,9 +689,20 @@ class Stack:
         else:
             say("Postgres: using SURGE_DATABASE_URL (not starting one)")
         if self._own_redis():
-            rd = self.redis()
-            self._start("redis", added, changed)
-            self._wait_ready("redis", rd.ready, f"Redis on :{rd.port}")
+            for name, rd in self.redis_programs():
+                self._start(name, added, changed)
+                self._wait_ready(name, rd.ready, f"Redis on :{rd.port}")
+            if self.cluster_mode():
+                cluster = self.redis_cluster()
+                if not cluster.created():
+                    say(f"Redis Cluster: creating ({cluster.masters} masters, 1 replica each)")
+                    cluster.create()
+                wait_for(
+                    cluster.healthy,
+                    timeout=READY_TIMEOUT,
+                    what=f"Redis Cluster from :{cluster.port}",
+                )
+                say("Redis Cluster: cluster_state:ok")
         else:
             say("Redis: using SURGE_REDIS_URL (not starting one)")
 
@@ -705,8 +760,16 @@ class Stack:
             "api": ports,
             **{e.job: [getattr(layout, e.port_field)] for e in EXPORTERS},
         }
-        for job, job_ports in jobs.items():
-            content = json.dumps([{"targets": [f"{HOST}:{p}" for p in job_ports]}], indent=1)
+        groups: dict[str, list[dict[str, object]]] = {
+            job: [{"targets": [f"{HOST}:{p}" for p in ps]}] for job, ps in jobs.items()
+        }
+        exporter = f"{HOST}:{layout.redis_exporter_port}"
+        nodes = [node.url for _, node in self.redis_programs()] if self.cluster_mode() else []
+        groups["cluster-nodes"] = [
+            {"targets": [url], "labels": {"__exporter": exporter}} for url in nodes
+        ]
+        for job, group in groups.items():
+            content = json.dumps(group, indent=1)
             path = targets / f"{job}.json"
             if path.exists() and path.read_text() == content + "\n":
                 continue
@@ -728,9 +791,11 @@ class Stack:
             status = f"http://{HOST}:{layout.nginx_status_port}/stub_status"
             return [program, f"-nginx.scrape-uri={status}", f"-web.listen-address={listen}"]
         if exp.name == "redis-exporter":
+            cluster = ["-is-cluster"] if self.cluster_mode() else []  # every node, from the seed
             return [
                 program,
                 f"-redis.addr={env['SURGE_REDIS_URL']}",
+                *cluster,
                 f"-web.listen-address={listen}",
             ]
         return [program, f"--web.listen-address={listen}"]  # postgres: DATA_SOURCE_NAME

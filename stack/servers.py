@@ -43,6 +43,8 @@ PG_SYSTEM_USER = "postgres"
 
 # sockaddr_un.sun_path is 108 bytes on Linux (104 on macOS); Postgres appends "/.s.PGSQL.NNNNN".
 _MAX_SOCKET_PATH = 100
+# A Redis Cluster node also listens on its port + 10,000 (the cluster bus).
+CLUSTER_BUS_OFFSET = 10_000
 
 
 class ServerError(RuntimeError):
@@ -72,12 +74,12 @@ def _ephemeral_start() -> int:
         return 49152
 
 
-def free_port_block(count: int, low: int = 10_000) -> int:
+def free_port_block(count: int, low: int = 10_000, high: int | None = None) -> int:
     """First port of `count` consecutive ports that nothing listens on, all below the kernel's
     ephemeral range: free_port() picks from that range, where any outgoing connection (nginx to
     a replica, a client) may take the port of a server that is restarting. Random, so that
     concurrent runs rarely meet; each port is checked."""
-    high = _ephemeral_start() - count
+    high = (high or _ephemeral_start()) - count
     if high <= low:
         raise ServerError(f"no room for {count} ports between {low} and the ephemeral range")
     for _ in range(500):
@@ -85,6 +87,16 @@ def free_port_block(count: int, low: int = 10_000) -> int:
         if all(port_is_free(p) for p in range(base, base + count)):
             return base
     raise ServerError(f"no {count} consecutive free ports below {high + count}")
+
+
+def free_cluster_ports(count: int) -> int:
+    """First of `count` consecutive free ports whose Redis Cluster bus ports (each + 10,000)
+    are free as well, all below the ephemeral range."""
+    for _ in range(100):
+        base = free_port_block(count, high=_ephemeral_start() - CLUSTER_BUS_OFFSET)
+        if all(port_is_free(p + CLUSTER_BUS_OFFSET) for p in range(base, base + count)):
+            return base
+    raise ServerError(f"no {count} consecutive free ports with free cluster bus ports")
 
 
 def port_is_free(port: int, host: str = HOST) -> bool:
@@ -1129,6 +1141,181 @@ class RedisServer(_Server):
         self._forget()
 
 
+def find_redis_cli() -> str:
+    """Path of redis-cli: beside redis-server (the same Debian package), else on PATH."""
+    beside = Path(find_redis_server()).with_name("redis-cli")
+    for candidate in (str(beside), shutil.which("redis-cli")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise ServerError("redis-cli not found. Run `make deps` (apt-get install redis-tools).")
+
+
+def cluster_node_config(node_timeout_ms: int) -> dict[str, str]:
+    """redis.conf directives of a Redis Cluster node (its nodes.conf lives in its own dir)."""
+    return {
+        "cluster-enabled": "yes",
+        "cluster-config-file": "nodes.conf",
+        "cluster-node-timeout": str(node_timeout_ms),
+    }
+
+
+class RedisClusterServer:
+    """A Redis Cluster of our own: `masters` redis-servers each with one replica, on the
+    consecutive ports from `port` (masters first), created by `redis-cli --cluster create`.
+
+    A node is a RedisServer with cluster-enabled; `nodes` are in port order. Restarted, a node
+    rejoins from its nodes.conf (as a replica if another took its slots meanwhile)."""
+
+    def __init__(
+        self,
+        dir: str | os.PathLike[str],
+        port: int,
+        *,
+        masters: int = 3,
+        node_timeout_ms: int = 1000,
+        persist: bool = False,
+        config: dict[str, str] | None = None,
+        start_timeout: float = 60.0,
+        log_dir: str | os.PathLike[str] | None = None,
+        detached: bool = False,
+    ) -> None:
+        """log_dir: each node logs to log_dir/redis-PORT.log (default: its own dir);
+        detached, persist: as RedisServer's (`make up`)."""
+        self.dir = Path(dir).absolute()
+        self.port = int(port)
+        self.masters = masters
+        self.start_timeout = start_timeout
+        conf = cluster_node_config(node_timeout_ms) | dict(config or {})
+        self.nodes = [
+            RedisServer(
+                self.dir / f"node-{self.port + i}",
+                self.port + i,
+                persist=persist,
+                config=conf,
+                log_file=Path(log_dir) / f"redis-{self.port + i}.log" if log_dir else None,
+                detached=detached,
+            )
+            for i in range(2 * masters)
+        ]
+
+    @property
+    def url(self) -> str:
+        """The first node: a seed the clients learn the whole cluster from."""
+        return self.nodes[0].url
+
+    @property
+    def addresses(self) -> list[str]:
+        return [f"{HOST}:{node.port}" for node in self.nodes]
+
+    @property
+    def running(self) -> bool:
+        return all(node.running for node in self.nodes)
+
+    def cli(self, *args: str, port: int | None = None, timeout: float = 60.0) -> str:
+        """redis-cli against one node (the first by default); its output. Raises on failure."""
+        if port is None:  # the first node that runs (the first may have been killed)
+            port = next((n.port for n in self.nodes if n.running), self.port)
+        cmd = [find_redis_cli(), "-h", HOST, "-p", str(port), *args]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        if done.returncode != 0 or done.stdout.startswith("ERR") or "[ERR]" in done.stdout:
+            raise ServerError(f"{' '.join(cmd)}: {done.stdout}{done.stderr}")
+        return done.stdout
+
+    def info(self, port: int, *command: str) -> dict[str, str]:
+        """CLUSTER INFO (or another INFO-shaped reply) of one node."""
+        lines = self.cli(*(command or ("cluster", "info")), port=port, timeout=5).splitlines()
+        return dict(line.strip().split(":", 1) for line in lines if ":" in line)
+
+    def replicas_in_sync(self) -> bool:
+        """Every running replica has its master's data: one that has not yet synced is not
+        allowed to take over when the master dies (cluster-replica-validity-factor)."""
+        for node in self.nodes:
+            if node.running:
+                replication = self.info(node.port, "info", "replication")
+                if replication.get("role") == "slave" and (
+                    replication.get("master_link_status") != "up"
+                ):
+                    return False
+        return True
+
+    def healthy(self) -> bool:
+        """Every running node sees the cluster as ok, every slot is on a running master, and
+        every running replica is in sync with its master."""
+        try:
+            infos = [self.info(node.port) for node in self.nodes if node.running]
+        except (ServerError, OSError, subprocess.TimeoutExpired):
+            return False
+        if not infos or not all(
+            i.get("cluster_state") == "ok" and i.get("cluster_slots_assigned") == "16384"
+            for i in infos
+        ):
+            return False
+        try:
+            if not self.replicas_in_sync():
+                return False
+        except (ServerError, OSError, subprocess.TimeoutExpired):
+            return False
+        # And every slot on a master that runs: right after a master dies the others still
+        # count it ok, until cluster-node-timeout passes and its replica takes over.
+        running = {n.port for n in self.nodes if n.running}
+        try:
+            ranges = self.slot_ranges()
+        except (ServerError, OSError, subprocess.TimeoutExpired):
+            return False
+        return sum(last - first + 1 for first, last, port in ranges if port in running) == 16384
+
+    def created(self) -> bool:
+        return self.info(self.port).get("cluster_known_nodes") == str(len(self.nodes))
+
+    def create(self) -> None:
+        """Assign the slots to the masters and a replica to each (the first start only)."""
+        self.cli(
+            "--cluster", "create", *self.addresses, "--cluster-replicas", "1", "--cluster-yes",
+            timeout=self.start_timeout,
+        )  # fmt: skip
+
+    def start(self) -> RedisClusterServer:
+        """Start every node, create the cluster once, return when its state is ok."""
+        for node in self.nodes:
+            node.start()
+        if not self.created():
+            self.create()
+        wait_for(self.healthy, timeout=self.start_timeout, what=f"Redis Cluster from {self.port}")
+        return self
+
+    def node_of_key(self, key: str) -> RedisServer:
+        """The node that holds `key` now (its slot's master)."""
+        slot = int(self.cli("cluster", "keyslot", key, timeout=5).strip())
+        for start, end, port in self.slot_ranges():
+            if start <= slot <= end:
+                return next(n for n in self.nodes if n.port == port)
+        raise ServerError(f"no master holds slot {slot}")
+
+    def slot_ranges(self) -> list[tuple[int, int, int]]:
+        """(first slot, last slot, master's port) per range, from CLUSTER NODES."""
+        ranges = []
+        for line in self.cli("cluster", "nodes", timeout=5).splitlines():
+            parts = line.split()
+            if len(parts) < 9 or "master" not in parts[2] or "fail" in parts[2]:
+                continue
+            port = int(parts[1].split("@", 1)[0].rsplit(":", 1)[1])
+            for spec in parts[8:]:
+                if spec.startswith("["):  # a slot being migrated or imported
+                    continue
+                first, _, last = spec.partition("-")
+                ranges.append((int(first), int(last or first), port))
+        return ranges
+
+    def node_id(self, port: int) -> str:
+        return self.cli("cluster", "myid", port=port, timeout=5).strip()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        stop_all(reversed(self.nodes))
+
+    def __repr__(self) -> str:
+        return f"<RedisClusterServer {HOST}:{self.port}+{len(self.nodes) - 1}>"
+
+
 def stop_all(servers: Iterable[_Stoppable]) -> None:
     """Stop several servers, every one even when one of them fails; re-raise the first error."""
     first: BaseException | None = None
@@ -1145,12 +1332,15 @@ __all__ = [
     "HOST",
     "PortInUse",
     "PostgresServer",
+    "RedisClusterServer",
     "RedisServer",
     "ServerError",
     "StandbyServer",
     "ensure_port_free",
     "find_pg_bin",
+    "find_redis_cli",
     "find_redis_server",
+    "free_cluster_ports",
     "free_port",
     "free_port_block",
     "pid_alive",

@@ -7,6 +7,9 @@ it imports nothing from the seeder.
 
 from api.contract.bookings import BOOKINGS
 from api.contract.dataset import (
+    CONTROL_KEYS,
+    FILLING_KEY,
+    LEGACY_CONTROL_KEYS,
     LIVE_KEY,
     MARKER_KEY,
     REDIS_HASH_CONFIG,
@@ -14,6 +17,7 @@ from api.contract.dataset import (
     REFRESHED_KEY,
     SCHEMA_SQL,
     UNSEEDED_VERSION,
+    VERSIONS_KEY,
     Dataset,
     parse_version,
     stamp,
@@ -25,7 +29,10 @@ DATASETS: tuple[Dataset, ...] = (STUDENTS, BOOKINGS)
 
 __all__ = [
     "BOOKINGS",
+    "CONTROL_KEYS",
     "DATASETS",
+    "FILLING_KEY",
+    "LEGACY_CONTROL_KEYS",
     "LIVE_KEY",
     "MARKER_KEY",
     "PRIMARY_WAL_POSITION",
@@ -36,6 +43,7 @@ __all__ = [
     "STANDBY_REPLAYED",
     "STUDENTS",
     "UNSEEDED_VERSION",
+    "VERSIONS_KEY",
     "Dataset",
     "parse_version",
     "stamp",

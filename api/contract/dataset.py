@@ -21,24 +21,36 @@ REDIS_HASH_CONFIG: dict[str, str] = {
 
 Row = Sequence[Any]
 
+# Control keys carry the hash tag {surge}: in a Redis Cluster they share one slot (one node), so
+# the version switch changes them in one MULTI, and a replica reads them in one round trip.
+# Records ("students:v3:1234") have no tag and spread over every slot. One layout for both modes;
+# a Redis holding the names from before the tag ("surge:live") reads as unseeded and is refilled
+# (LEGACY_CONTROL_KEYS are then removed).
 # Versions: every record key carries the dataset version it belongs to ("students:v3:1234"), so
 # a reseed fills a new version beside the live one and switches readers over in one HSET.
 # LIVE_KEY maps dataset name -> live version (decimal). Version 0 is "not seeded": what the API
 # reads and writes back to while LIVE_KEY has no entry (an empty or flushed Redis); the seeder's
 # versions start at 1.
-LIVE_KEY = "surge:live"
+LIVE_KEY = "{surge}:live"
 UNSEEDED_VERSION = 0
 # dataset name -> JSON of the seeder's fill behind the live version (seeder.redis_fill.Filled):
 # which Postgres load (seed, rows, loaded_at as stamp() writes it) it came from, records, hashes.
-MARKER_KEY = "surge:meta"
+MARKER_KEY = "{surge}:meta"
 # A stream of single-record refreshes (fields: dataset, id), newest REFRESHED_KEEP kept: every
-# replica reads it with surge:live and drops its own copy of each record named there.
-REFRESHED_KEY = "surge:refreshed"
+# replica reads it with {surge}:live and drops its own copy of each record named there.
+REFRESHED_KEY = "{surge}:refreshed"
 REFRESHED_KEEP = 10_000
+# The last version handed out per dataset (the seeder's counter).
+VERSIONS_KEY = "{surge}:versions"
+# dataset -> the version a fill is writing. A flush or restart during the fill deletes it, and
+# the seeder's switch then refuses to make that version live: it lacks what was written before.
+FILLING_KEY = "{surge}:filling"
+CONTROL_KEYS = (LIVE_KEY, MARKER_KEY, REFRESHED_KEY, VERSIONS_KEY, FILLING_KEY)
+LEGACY_CONTROL_KEYS = ("surge:live", "surge:meta", "surge:refreshed", "surge:versions")
 
 
 def stamp(moment: datetime) -> str:
-    """A timestamp as surge:meta stores it: the same text whatever the session's time zone."""
+    """A timestamp as {surge}:meta stores it: the same text whatever the session's time zone."""
     return moment.astimezone(UTC).isoformat()
 
 
@@ -77,7 +89,7 @@ class Dataset:
     """The msgspec Struct render() encodes: the one definition of the JSON fields (and docs)."""
 
     def live_slot(self, client: Any, record_id: Any) -> tuple[str, str]:
-        """slot() in the version surge:live names now, asked of a synchronous redis-py client:
+        """slot() in the version {surge}:live names now, asked of a synchronous redis-py client:
         for tools and tests. The API keeps the live versions in memory instead."""
         return self.slot(record_id, parse_version(client.hget(LIVE_KEY, self.name)))
 

@@ -148,7 +148,7 @@ def test_bad_ids_and_unknown_records_still_go_the_full_way(copy_on):
 
 
 def test_a_new_live_version_replaces_the_copy(copy_on, rds, restore):
-    """A reseed switches surge:live: the replica drops the old version's copy and warms the
+    """A reseed switches {surge}:live: the replica drops the old version's copy and warms the
     new one, within its live-version refresh interval."""
     student = 10_007
     old = copy_on.get(f"/students/{student}").content
@@ -175,7 +175,7 @@ def test_a_flushed_redis_leaves_the_copy_serving(copy_on, rds, restore):
     before = copy_on.get("/students/10011").content
     rds.flushall()
     lookup = copy_on.app.state.lookup
-    poll(lambda: lookup.live[STUDENTS.name] == 0, 3, "surge:live read as gone")
+    poll(lambda: lookup.live[STUDENTS.name] == 0, 3, "{surge}:live read as gone")
     assert local.datasets[STUDENTS.name].version == version
     assert local.records(STUDENTS.name) == held
     hits = lookups(copy_on, "local_hit")
@@ -245,7 +245,7 @@ def test_a_flush_then_another_load_under_the_same_version_number_replaces_the_co
 
 def test_a_refresh_reaches_every_replica(copy_on, settings, pg, rds):
     """POST /admin/{dataset}/{id}/refresh on one replica: every other drops its copy of that
-    record within the live-version refresh interval (they read surge:refreshed with it)."""
+    record within the live-version refresh interval (they read {surge}:refreshed with it)."""
     student = 10_043
     with replica(settings, local_cache_mb=64) as other:
         original = other.get(f"/students/{student}").json()
@@ -275,3 +275,14 @@ def test_a_small_budget_bounds_the_copy(settings, seeded):
             settings.students + settings.bookings
         )
         assert client.get("/students/10000").status_code == 200  # the rest from Redis
+
+
+def test_both_datasets_warm_side_by_side_without_starting_over(settings, seeded, caplog):
+    """The warm-ups of the two datasets run at once: neither may find the other holding its
+    Redis connection (a shared one sent the second back to the start, again and again)."""
+    with caplog.at_level("INFO", logger="surge.lookup"), replica(settings, local_cache_mb=64):
+        pass
+    messages = [r.getMessage() for r in caplog.records if r.name == "surge.lookup"]
+    assert not [m for m in messages if "interrupted" in m], messages
+    for dataset in DATASETS:
+        assert any(m.startswith(f"local copy of {dataset.name} ") for m in messages), messages

@@ -17,8 +17,8 @@ import psycopg
 import pytest
 import redis
 
-from api.contract import BOOKINGS, DATASETS, STUDENTS, Dataset
-from seeder import seed
+from api.contract import BOOKINGS, DATASETS, LIVE_KEY, STUDENTS, Dataset
+from seeder import postgres, redis_fill, seed
 from seeder.cli import main
 from seeder.redis_fill import MARKER_KEY, key_pattern, live_version
 
@@ -89,7 +89,7 @@ def content(pg: psycopg.Connection, rds: redis.Redis) -> dict:
 
 
 def markers(rds: redis.Redis) -> dict[bytes, dict]:
-    """surge:meta without the version and its time, which a refill of the same load changes."""
+    """{surge}:meta without the version and its time, which a refill of the same load changes."""
     return {
         name: {k: v for k, v in json.loads(raw).items() if k not in ("version", "switched_at")}
         for name, raw in rds.hgetall(MARKER_KEY).items()
@@ -331,3 +331,34 @@ def test_redis_refusing_config_set_gets_a_warning_and_the_data(
         rds.acl_deluser("no-config")
     assert not report.datasets["students"].redis_skipped
     assert content(pg, rds) == before
+
+
+def test_seeder_sessions_never_jit_compile(settings):
+    """The fill's full-table reads cost the server a burst of JIT compilation otherwise, felt by
+    the replicas when the keeper refills under load."""
+    with postgres.connect(settings.database_url) as conn:
+        row = conn.execute("SHOW jit").fetchone()
+    assert row == ("off",)
+
+
+def test_a_fill_redis_lost_midway_never_goes_live(seeded, settings, rds, restore):
+    """A flush (or a restart) during a fill takes the records written so far with it: switching
+    that version live would mark it whole while it lacks them, and the replicas answer ids
+    missing from a whole version 404 without asking Postgres."""
+    live_before = rds.hgetall(LIVE_KEY)
+    with postgres.connect(settings.database_url) as conn:
+        loaded = postgres.loaded(conn, STUDENTS.name)
+        assert loaded is not None
+        version = redis_fill.next_version(rds, STUDENTS)
+        marker = redis_fill.fill(conn, rds, STUDENTS, loaded, lambda _n: None, version)
+    rds.flushall()  # what a FLUSHALL or a restart without data does before the switch
+    with pytest.raises(redis_fill.FillLost):
+        redis_fill.switch(rds, marker, STUDENTS)
+    assert rds.hget(LIVE_KEY, STUDENTS.name) is None
+    assert live_before  # the session's dataset was live before; `restore` seeds it again
+    # Unflushed, the same fill goes live.
+    with postgres.connect(settings.database_url) as conn:
+        version = redis_fill.next_version(rds, STUDENTS)
+        marker = redis_fill.fill(conn, rds, STUDENTS, loaded, lambda _n: None, version)
+    redis_fill.switch(rds, marker, STUDENTS)
+    assert int(rds.hget(LIVE_KEY, STUDENTS.name)) == version

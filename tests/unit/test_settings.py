@@ -66,3 +66,23 @@ def test_production_refuses_a_standby_with_the_default_password():
     assert problems == ["SURGE_DATABASE_READ_URL needs a password of its own"]
     env["SURGE_DATABASE_READ_URL"] = "postgresql://surge:s3cret-long@db-standby:5432/surge"
     assert Settings.from_env(env).production_problems() == []
+
+
+def test_redis_mode_defaults_to_single_and_takes_cluster():
+    assert Settings.from_env({}).redis_mode == "single"
+    assert not Settings.from_env({}).cluster
+    s = Settings.from_env({"SURGE_REDIS_MODE": "cluster", "SURGE_REDIS_NODES": "4"})
+    assert (s.redis_mode, s.redis_nodes, s.cluster) == ("cluster", 4, True)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"SURGE_REDIS_MODE": "sentinel"}, "SURGE_REDIS_MODE must be one of single, cluster"),
+        ({"SURGE_REDIS_MODE": "Cluster"}, "SURGE_REDIS_MODE must be one of single, cluster"),
+        ({"SURGE_REDIS_NODES": "2"}, "SURGE_REDIS_NODES must be 3 or more"),
+    ],
+)
+def test_an_unknown_redis_mode_or_too_few_nodes_is_refused_by_name(env, message):
+    with pytest.raises(ValueError, match=message):
+        Settings.from_env(env)
