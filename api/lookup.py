@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine
@@ -66,6 +67,29 @@ WARM_RETRY_S = 1.0
 WARM_TIMEOUT_S = 10.0
 # Idle Postgres connections are checked every this many live-version reads (2 s by default).
 POOL_CHECK_ROUNDS = 4
+# A connection whose peer went silent (a partition: no reset, packets lost) otherwise waits out
+# TCP's retransmission backoff, seconds after the link returns, and its idle peers ~2 h of
+# keepalive. Sent data unacknowledged for TCP_USER_TIMEOUT_MS, or an idle connection whose
+# probes go unanswered (1 s idle, then 2 probes 1 s apart), fails, and the pool opens another.
+# Set once per connection: no cost per request (docs/reliability.md, "Across a real network").
+TCP_USER_TIMEOUT_MS = 2000
+TCP_KEEPALIVE_IDLE_S, TCP_KEEPALIVE_INTERVAL_S, TCP_KEEPALIVE_COUNT = 1, 1, 2
+REDIS_SOCKET_OPTIONS: dict[str, Any] = {
+    "socket_keepalive": True,
+    "socket_keepalive_options": {
+        socket.TCP_KEEPIDLE: TCP_KEEPALIVE_IDLE_S,
+        socket.TCP_KEEPINTVL: TCP_KEEPALIVE_INTERVAL_S,
+        socket.TCP_KEEPCNT: TCP_KEEPALIVE_COUNT,
+        socket.TCP_USER_TIMEOUT: TCP_USER_TIMEOUT_MS,
+    },
+}
+POSTGRES_SOCKET_OPTIONS: dict[str, Any] = {
+    "keepalives": 1,
+    "keepalives_idle": TCP_KEEPALIVE_IDLE_S,
+    "keepalives_interval": TCP_KEEPALIVE_INTERVAL_S,
+    "keepalives_count": TCP_KEEPALIVE_COUNT,
+    "tcp_user_timeout": TCP_USER_TIMEOUT_MS,
+}
 # Seconds between probes of a standby the fallback reads have left (it failed, or it lags the
 # primary), and between questions to a standby an admin refresh waits for.
 STANDBY_PROBE_S = 0.5
@@ -177,6 +201,7 @@ class Lookup:
         # The newest single-record refresh this replica has applied ({surge}:refreshed stream id).
         self._refreshed_seen: bytes | str = b"0-0"
         self._watcher: asyncio.Task[None] | None = None
+        self._pool_check: asyncio.Task[None] | None = None
         self._warmers: dict[str, asyncio.Task[int]] = {}
         self.redis: RedisClient
         self.warm_redis: RedisClient
@@ -190,6 +215,7 @@ class Lookup:
                 socket_timeout=settings.redis_timeout,
                 socket_connect_timeout=settings.redis_timeout,
                 retry=Retry(NoBackoff(), 0),
+                **REDIS_SOCKET_OPTIONS,
             )
             self.warm_redis = aioredis.RedisCluster.from_url(
                 settings.redis_url,
@@ -197,6 +223,7 @@ class Lookup:
                 socket_timeout=WARM_TIMEOUT_S,
                 socket_connect_timeout=settings.redis_timeout,
                 retry=Retry(NoBackoff(), 0),
+                **REDIS_SOCKET_OPTIONS,
             )
         else:
             # The pool is as large as the replica's concurrency cap (Granian --backpressure), so
@@ -208,6 +235,7 @@ class Lookup:
                     socket_timeout=settings.redis_timeout,
                     socket_connect_timeout=settings.redis_timeout,
                     retry=Retry(NoBackoff(), 0),
+                    **REDIS_SOCKET_OPTIONS,
                 )
             )
             # The warm-ups' own connections, one per dataset as they run side by side (a shared
@@ -219,6 +247,7 @@ class Lookup:
                 socket_timeout=WARM_TIMEOUT_S,
                 socket_connect_timeout=settings.redis_timeout,
                 retry=Retry(NoBackoff(), 0),
+                **REDIS_SOCKET_OPTIONS,
             )
         # The primary: misses when there is no standby (or it fails), admin routes, refreshes.
         self.postgres = self._pool(settings.database_url, "surge", checked=True)
@@ -254,6 +283,7 @@ class Lookup:
                 "autocommit": True,
                 "connect_timeout": settings.pg_connect_timeout,
                 "options": f"-c statement_timeout={settings.pg_statement_timeout_ms}",
+                **POSTGRES_SOCKET_OPTIONS,
             },
             open=False,
             name=name,
@@ -281,6 +311,10 @@ class Lookup:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError, *REDIS_FAULTS):
                         await task
+            if self._pool_check is not None:
+                # Not awaited: psycopg meets a cancelled query by waiting (up to 10 s) for the
+                # server to cancel it, which a silent one never does; the pool's close ends it.
+                self._pool_check.cancel()
             await self.postgres.close()
             if self.standby is not None:
                 await self.standby.close()
@@ -400,11 +434,17 @@ class Lookup:
                 await self.refresh_live()
             except Exception:  # a malformed {surge}:live, say: keep the versions, keep watching
                 log.exception("live versions not refreshed")
-            if rounds % POOL_CHECK_ROUNDS == 0:
-                # A replica nginx rarely sends work to (a spill-over backup) would otherwise keep
-                # connections Postgres dropped until a miss tripped over them, and answer 503.
-                with contextlib.suppress(*POSTGRES_FAULTS):
-                    await self.postgres.check()
+            idle_check = self._pool_check
+            if rounds % POOL_CHECK_ROUNDS == 0 and (idle_check is None or idle_check.done()):
+                # Beside the watcher, not in it: a check waits as long as Postgres is silent
+                # (partitioned), and the live versions must still be followed meanwhile.
+                self._pool_check = asyncio.create_task(self._check_idle_postgres())
+
+    async def _check_idle_postgres(self) -> None:
+        # A replica nginx rarely sends work to (a spill-over backup) would otherwise keep
+        # connections Postgres dropped until a miss tripped over them, and answer 503.
+        with contextlib.suppress(*POSTGRES_FAULTS):
+            await self.postgres.check()
 
     async def get(self, dataset: Dataset, record_id: Any) -> bytes | None:
         """The record's JSON bytes, or None when no such record exists.

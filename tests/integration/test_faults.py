@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import psycopg
 import pytest
 import redis
+from replica import replica
+from silent_proxy import SilentProxy
 
 import seeder
 from api.contract import STUDENTS
+from api.lookup import POOL_CHECK_ROUNDS
 
 # The settings' Redis timeout is 0.1 s; a fallback must not take redis-py's default 5 s.
 FALLBACK_BOUND_S = 0.5
 # psycopg_pool waits SURGE_PG_WAIT_TIMEOUT (0.5 s) for a connection, then 503.
 UNAVAILABLE_BOUND_S = 1.5
 RECOVERY_BOUND_S = 5.0
+# Two reads of the live versions (0.5 s apart) and a Redis timeout.
+WATCHER_BOUND_S = 1.5
 
 
 def timed_get(fresh, path):
@@ -174,3 +180,31 @@ def test_ready_is_503_only_when_nothing_can_answer(fresh, settings, redis_server
         redis_server.start()
     poll_until(lambda: fresh.get("/ready").json()["status"] == "ready", RECOVERY_BOUND_S)
     seeder.seed(settings)  # Redis came back empty
+
+
+def test_a_silent_postgres_does_not_stop_the_live_version_watcher(
+    settings, seeded, postgres_server, restore
+):
+    """Postgres behind a partition (no answer, no reset: SilentProxy) while the replica checks
+    its idle Postgres connections: the watcher of the live versions must go on, so a reseed
+    that switches {surge}:live meanwhile is followed within a refresh or two."""
+    with SilentProxy(postgres_server.port) as proxy:
+        url = settings.database_url.replace(f":{postgres_server.port}/", f":{proxy.port}/")
+        with replica(settings, database_url=url) as client:
+            lookup = client.app.state.lookup
+            assert client.get("/students/10010").status_code == 200
+            before = dict(lookup.live)
+            proxy.silence()
+            try:
+                # Past a round of the idle-connection check (POOL_CHECK_ROUNDS reads of the
+                # live versions), which now waits on the silent server.
+                time.sleep(POOL_CHECK_ROUNDS * settings.live_refresh_interval + 0.5)
+                seeder.seed(
+                    dataclasses.replace(settings, seed=settings.seed + 1)
+                )  # not via the proxy
+                switched = poll_until(lambda: lookup.live != before, WATCHER_BOUND_S)
+                answer = client.get("/students/10011")  # from the new version in Redis
+                assert answer.status_code == 200, answer.text
+            finally:
+                proxy.resume()
+    print(f"\nlive versions followed {switched:.2f} s after the switch, Postgres silent")
