@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import dataclasses
+import os
+import random
+import re
+import subprocess
+import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 import redis
@@ -14,6 +24,9 @@ from silent_proxy import SilentProxy
 import seeder
 from api.contract import STUDENTS
 from api.lookup import POOL_CHECK_ROUNDS
+from stack.servers import free_port, granian_command, log_tail, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
 
 # The settings' Redis timeout is 0.1 s; a fallback must not take redis-py's default 5 s.
 FALLBACK_BOUND_S = 0.5
@@ -22,6 +35,11 @@ UNAVAILABLE_BOUND_S = 1.5
 RECOVERY_BOUND_S = 5.0
 # Two reads of the live versions (0.5 s apart) and a Redis timeout.
 WATCHER_BOUND_S = 1.5
+# A burst against a replica whose Redis goes silent mid-way: 8 keep-alive clients, 1,200
+# requests; each lookup then waits out the 0.1 s Redis timeout and reads Postgres.
+SILENT_BURST, SILENT_THREADS = 1_200, 8
+SILENT_SLOWEST_S = 1.0
+REDIS_HIT_LINE = re.compile(r'^surge_lookups_total\{[^}]*outcome="redis_hit"[^}]*\} (\S+)$', re.M)
 
 
 def timed_get(fresh, path):
@@ -208,3 +226,90 @@ def test_a_silent_postgres_does_not_stop_the_live_version_watcher(
             finally:
                 proxy.resume()
     print(f"\nlive versions followed {switched:.2f} s after the switch, Postgres silent")
+
+
+@contextlib.contextmanager
+def granian_replica(settings, redis_url: str, log: Path) -> Iterator[str]:
+    """A real replica (Granian, as `make up` runs it) over the session's Postgres and the given
+    Redis, logging to `log`."""
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("SURGE_")},
+        "SURGE_DATABASE_URL": settings.database_url,
+        "SURGE_REDIS_URL": redis_url,
+        "SURGE_STUDENTS": str(settings.students),
+        "SURGE_BOOKINGS": str(settings.bookings),
+        "SURGE_LOCAL_CACHE_MB": "0",  # every lookup asks Redis, as a cold replica's do
+    }
+    cmd = granian_command("api.app:create_app", port, settings.redis_pool_size)
+    with log.open("ab") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _ready(url), timeout=30, what="replica", alive=lambda: proc.poll() is None)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/ready", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _redis_hits(url: str) -> int:
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    return sum(int(float(v)) for v in REDIS_HIT_LINE.findall(text))
+
+
+def test_a_silent_redis_mid_burst_answers_every_request_from_postgres(
+    settings, seeded, redis_server, server_dir
+):
+    """Redis behind a partition (SilentProxy: the replica's connections get no answer, new
+    ones are accepted and never served) mid-burst: every request answers 200 from Postgres,
+    none a 500 or an error, none slower than the Redis timeout plus a fallback read; once the
+    link returns, lookups are Redis hits again within RECOVERY_BOUND_S."""
+    log = server_dir / "replica.log"
+    redis_url = "redis://127.0.0.1:{}/0"
+    with (
+        SilentProxy(redis_server.port) as proxy,
+        granian_replica(settings, redis_url.format(proxy.port), log) as url,
+    ):
+        answers: list[tuple[int, float]] = []
+        failures: list[str] = []
+        ids = list(range(10_000, 10_000 + settings.students))
+
+        def client(n: int) -> None:
+            rng = random.Random(n)
+            with httpx.Client(base_url=url, timeout=10) as http:
+                for _ in range(SILENT_BURST // SILENT_THREADS):
+                    started = time.monotonic()
+                    try:
+                        status = http.get(f"/students/{rng.choice(ids)}").status_code
+                    except httpx.HTTPError as exc:
+                        failures.append(repr(exc))
+                        continue
+                    answers.append((status, time.monotonic() - started))
+
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(SILENT_THREADS)]
+        for thread in threads:
+            thread.start()
+        poll_until(lambda: len(answers) >= SILENT_BURST // 10, 30)
+        proxy.silence()
+        poll_until(lambda: len(answers) >= SILENT_BURST // 2, 60)
+        proxy.resume()
+        hits = _redis_hits(url)
+        back = poll_until(lambda: _redis_hits(url) > hits, RECOVERY_BOUND_S)
+        for thread in threads:
+            thread.join(timeout=60)
+    statuses = collections.Counter(status for status, _ in answers)
+    unexpected = [line for line in log_tail(log, 10_000).splitlines() if "ERROR" in line]
+    assert failures == [], failures[:5]
+    assert statuses == {200: SILENT_BURST}, (statuses, unexpected[:5])
+    assert unexpected == [], unexpected[:5]
+    slowest = max(seconds for _, seconds in answers)
+    assert slowest < SILENT_SLOWEST_S, f"slowest answer {slowest:.2f} s"
+    print(f"\nsilent Redis: {statuses}, slowest {slowest * 1000:.0f} ms, hits again {back:.2f} s")
