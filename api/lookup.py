@@ -50,8 +50,12 @@ T = TypeVar("T")
 # One Redis, or a Redis Cluster (SURGE_REDIS_MODE=cluster): the read path's calls are the same.
 RedisClient = aioredis.Redis | aioredis.RedisCluster
 
-# What a failing Redis raises through redis-py: its own errors, socket errors, timeouts.
-REDIS_FAULTS = (RedisError, OSError, TimeoutError)
+# What a failing Redis raises through redis-py: its own errors, socket errors, timeouts, and
+# uvloop's RuntimeError ("unable to perform operation on <TCPTransport closed=True>"): a pooled
+# connection whose socket died while idle (reset, or TCP_USER_TIMEOUT/keepalive on a silent
+# network) still looks connected to redis-py, and its next write raises that (then redis-py
+# drops it). Uncaught, it was a 500 (docs/reliability.md, "Across a real network").
+REDIS_FAULTS = (RedisError, OSError, TimeoutError, RuntimeError)
 POSTGRES_FAULTS = (psycopg.Error, PoolTimeout, TooManyRequests, OSError)
 # A standby call also fails when it outlasts its deadline (Lookup._within).
 STANDBY_FAULTS = (*POSTGRES_FAULTS, TimeoutError)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import selectors
 import socket
+import struct
 import threading
 
 HOST = "127.0.0.1"
@@ -27,6 +28,7 @@ class SilentProxy:
         self._flowing.set()
         self._closed = threading.Event()
         self._sockets: list[socket.socket] = [self._listener]
+        self._clients: list[socket.socket] = []
         self._lock = threading.Lock()
         self._threads = [threading.Thread(target=self._accept, daemon=True)]
         self._threads[0].start()
@@ -36,6 +38,16 @@ class SilentProxy:
 
     def resume(self) -> None:
         self._flowing.set()
+
+    def reset(self) -> None:
+        """Reset every connection made so far (an RST, as a peer that restarted behind a
+        partition answers); new ones are served as before."""
+        with self._lock:
+            clients, self._clients = self._clients, []
+        for client in clients:
+            with contextlib.suppress(OSError):
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                client.close()
 
     def close(self) -> None:
         self._closed.set()
@@ -63,6 +75,7 @@ class SilentProxy:
             thread = threading.Thread(target=self._pump, args=(client,), daemon=True)
             with self._lock:
                 self._sockets.append(client)
+                self._clients.append(client)
                 self._threads.append(thread)
             thread.start()
 

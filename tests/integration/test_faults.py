@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
 import dataclasses
 import os
@@ -39,6 +40,7 @@ WATCHER_BOUND_S = 1.5
 # requests; each lookup then waits out the 0.1 s Redis timeout and reads Postgres.
 SILENT_BURST, SILENT_THREADS = 1_200, 8
 SILENT_SLOWEST_S = 1.0
+RESET_CLIENTS = 16
 REDIS_HIT_LINE = re.compile(r'^surge_lookups_total\{[^}]*outcome="redis_hit"[^}]*\} (\S+)$', re.M)
 
 
@@ -313,3 +315,38 @@ def test_a_silent_redis_mid_burst_answers_every_request_from_postgres(
     slowest = max(seconds for _, seconds in answers)
     assert slowest < SILENT_SLOWEST_S, f"slowest answer {slowest:.2f} s"
     print(f"\nsilent Redis: {statuses}, slowest {slowest * 1000:.0f} ms, hits again {back:.2f} s")
+
+
+def test_redis_connections_reset_while_idle_cost_no_request(
+    settings, seeded, redis_server, server_dir
+):
+    """Every pooled Redis connection of a replica reset while idle (what a peer behind a
+    partition, or TCP_USER_TIMEOUT on it, leaves in the pool): the next lookups on them are
+    answered (200, from Postgres or Redis), never a 500, and /ready still answers."""
+    log = server_dir / "replica.log"
+    with (
+        SilentProxy(redis_server.port) as proxy,
+        granian_replica(settings, f"redis://127.0.0.1:{proxy.port}/0", log) as url,
+    ):
+        ids = range(10_000, 10_000 + RESET_CLIENTS * 10)
+        with httpx.Client(base_url=url, timeout=10) as http:
+            statuses = collections.Counter()
+
+            def lookups() -> None:
+                # Concurrent, so that the replica's pool holds many connections.
+                with concurrent.futures.ThreadPoolExecutor(RESET_CLIENTS) as pool:
+                    paths = [f"/students/{i}" for i in ids]
+                    for status in pool.map(
+                        lambda p: httpx.get(url + p, timeout=10).status_code, paths
+                    ):
+                        statuses[status] += 1
+
+            lookups()
+            proxy.reset()
+            time.sleep(0.2)  # the resets reach the replica's idle sockets
+            lookups()
+            ready = http.get("/ready")
+    errors = [line for line in log_tail(log, 10_000).splitlines() if "ERROR" in line]
+    assert statuses == {200: 2 * len(ids)}, (statuses, errors[:3])
+    assert ready.status_code == 200, ready.text
+    assert errors == [], errors[:3]
