@@ -12,6 +12,7 @@ loudly: a machine that cannot build the topology is an error here, never a skip.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import subprocess
@@ -24,9 +25,11 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 from polling import poll
 from test_faults_under_load import RECOVERY_S, Burst, quantile
 
+from api.contract import STUDENTS as STUDENT_RECORDS
 from seeder.generate import FIRST_STUDENT_ID
 from stack import netns
 from stack.netns import API_PORT, PG_PORT, REDIS_PORT, Network, SurgeNet
@@ -34,12 +37,14 @@ from stack.netns import API_PORT, PG_PORT, REDIS_PORT, Network, SurgeNet
 STUDENTS, BOOKINGS = 2_000, 1_000  # tests/conftest.py's TEST_STUDENTS, TEST_BOOKINGS
 ALL_IDS = list(range(FIRST_STUDENT_ID, FIRST_STUDENT_ID + STUDENTS))
 MIN_RTT_MS = 1.0
-CUT_S = 4.0
-"""How long a host stays cut off: past nginx's fail_timeout (2 s), so it is tried again while
-still gone."""
+CUT_S = 6.0
+"""How long a host stays cut off: past nginx's read timeout (5 s), so the requests caught in
+flight on a cut replica are retried on the other while it is still gone, and past the store
+sockets' TCP_USER_TIMEOUT (2 s), so their connections stuck in retransmission fail meanwhile."""
 STORE_503 = '"status":503'
-MAX_503_AFTER_RETURN = 20
-"""Of a burst of hundreds: the returning replica's 503s while its store connections recover."""
+BACK_S = 5.0
+"""After the link returns: a replica answers a lookup needing Redis, and one needing Postgres,
+itself, and reports both stores up, within this."""
 LOOKUP_LINE = re.compile(r'^surge_lookups_total\{[^}]*outcome="(\w+)"[^}]*\} (\S+)$', re.M)
 
 
@@ -91,9 +96,10 @@ def test_same_bytes_as_on_loopback_and_hosts_1_ms_apart(
     assert all(ms < 20 for ms in rtt.values()), rtt  # a delay, not a broken link
 
 
-def test_replica_host_cut_off_costs_no_request(top: SurgeNet) -> None:
-    """api1 (the replica nginx fills first) cut off mid-burst for CUT_S: every request made
-    before its return answers 200, from api2 after nginx's retry; api1 serves again after."""
+def test_replica_host_cut_off_costs_no_request(top: SurgeNet, pg: Any) -> None:
+    """api1 (the replica nginx fills first) cut off mid-burst for CUT_S: every request of the
+    burst answers 200 (from api2 after nginx's retry while api1 is gone), and within BACK_S of
+    its return api1 itself answers from Redis and from Postgres, both stores up."""
     before = lookups(top, "api2")
     with Burst(top.url, ALL_IDS[:500], threads=4) as burst:
         burst.wait_done(100)
@@ -103,18 +109,10 @@ def test_replica_host_cut_off_costs_no_request(top: SurgeNet) -> None:
             poll(lambda: time.monotonic() > cut_at + CUT_S, CUT_S + 5, "cut over")
         finally:
             top.net.restore("api1")
-        at_return = lookups(top, "api1")["redis_hit"]
-        back = poll(lambda: lookups(top, "api1")["redis_hit"] > at_return, 30, "api1 serving again")
+        back = poll(lambda: _serves_from_both_stores(top, "api1"), BACK_S, "api1 whole again")
         burst.wait_done(burst.done + 50)
-    # While api1 is cut off nothing fails. Back on the network, its own connections to Redis
-    # and Postgres still wait out TCP's retransmission backoff (up to a few seconds after a
-    # 4 s cut), so it may answer a few lookups with its proper 503 + Retry-After, which nginx
-    # passes on by design (stack.nginx.SERVER_PARAMS): counted and bounded, not hidden.
-    unavailable = [e for e in burst.errors if e.startswith("503: ") and STORE_503 in e]
-    assert len(unavailable) == len(burst.errors), burst.errors[:5]
-    assert len(unavailable) <= MAX_503_AFTER_RETURN, burst.errors[:5]
-    assert burst.statuses() == Counter({200: burst.done - len(unavailable), 503: len(unavailable)})
-    assert not [t for t, status, _ in burst.results if status != 200 and t < cut_at + CUT_S]
+    assert burst.errors == [], burst.errors[:5]
+    assert burst.statuses() == Counter({200: burst.done})
     took_over = lookups(top, "api2")["redis_hit"] - before["redis_hit"]
     assert took_over > 0, "api2 answered nothing: api1 was not cut off"
     # The requests in flight on api1 at the cut wait out nginx's read timeout (5 s) before
@@ -123,15 +121,41 @@ def test_replica_host_cut_off_costs_no_request(top: SurgeNet) -> None:
     report(
         "api1 cut off",
         requests=burst.done,
-        failed_during_cut=0,
-        api1_503_after_return=len(unavailable),
+        failed=0,
         slower_than_1s=sum(s > 1 for s in lat),
         api2_answered=took_over,
         p50_ms=round(quantile(lat, 0.5) * 1000, 1),
         p99_ms=round(quantile(lat, 0.99) * 1000, 1),
         max_ms=round(lat[-1] * 1000, 1),
-        api1_back_s=round(back, 2),
+        api1_whole_again_s=round(back, 2),
     )
+
+
+def _serves_from_both_stores(top: SurgeNet, name: str) -> bool:
+    """The replica, asked directly: /ready says both stores are up, a lookup of a record Redis
+    holds is a Redis hit, and one of a record taken out of Redis is read from Postgres."""
+    url = top.replica_url(name)
+    try:
+        ready = httpx.get(f"{url}/ready", timeout=1).json()
+        if ready["components"] != {"redis": "up", "postgres": "up", "copy": "off"}:
+            return False
+        probe = next(_PROBES)
+        before = lookups(top, name)
+        with redis.Redis.from_url(top.redis_url) as rds:
+            rds.hdel(*STUDENT_RECORDS.live_slot(rds, probe))
+        held = httpx.get(f"{url}/students/{ALL_IDS[0]}", timeout=1)
+        missing = httpx.get(f"{url}/students/{probe}", timeout=1)
+    except httpx.HTTPError:
+        return False
+    after = lookups(top, name)
+    return (
+        held.status_code == missing.status_code == 200
+        and after["redis_hit"] > before["redis_hit"]
+        and after["fallback_hit"] > before["fallback_hit"]
+    )
+
+
+_PROBES = itertools.cycle(ALL_IDS[1_500:])
 
 
 def test_redis_host_cut_off_falls_back_then_returns(top: SurgeNet) -> None:
@@ -150,8 +174,10 @@ def test_redis_host_cut_off_falls_back_then_returns(top: SurgeNet) -> None:
         hits = lookups(top)["redis_hit"]
         back = poll(lambda: lookups(top)["redis_hit"] >= hits + 50, RECOVERY_S + 5, "on Redis")
         burst.wait_done(burst.done + 50)
-    assert burst.errors == [], burst.errors[:5]
-    assert burst.statuses() == Counter({200: burst.done})
+    # Postgres is up: 200s; a proper 503 (the bounded pool full) is allowed, a 500 never.
+    unavailable = [e for e in burst.errors if e.startswith("503: ") and STORE_503 in e]
+    assert len(unavailable) == len(burst.errors), burst.errors[:5]
+    assert burst.statuses() == Counter({200: burst.done - len(unavailable), 503: len(unavailable)})
     fallback = lookups(top)["fallback_hit"] - before["fallback_hit"]
     assert fallback > 0, "no lookup needed Postgres: Redis was not cut off"
     assert back <= RECOVERY_S, f"back on Redis {back:.1f} s after the link returned"
@@ -160,7 +186,7 @@ def test_redis_host_cut_off_falls_back_then_returns(top: SurgeNet) -> None:
         "redis cut off",
         requests=burst.done,
         started_during_cut=len(lat),
-        failed=0,
+        proper_503=len(unavailable),
         postgres_answered=fallback,
         p50_ms=round(quantile(lat, 0.5) * 1000, 1),
         p99_ms=round(quantile(lat, 0.99) * 1000, 1),
