@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 # down/status/clean must work even before (or without) `make deps`: stack's stop path is stdlib.
 PY_ANY = $(if $(wildcard $(PY)),$(PY),python3)
 
-.PHONY: help deps up restart down status seed test test-unit lint bench capacity clean
+.PHONY: help deps up restart down status seed test test-unit test-netns lint bench capacity clean
 
 help: ## List the targets
 	@echo "usage: make <target>   (env: SURGE_STUDENTS, SURGE_BOOKINGS, SURGE_REPLICAS)"
@@ -35,7 +35,10 @@ seed: deps ## (Re)seed the running stores; SEED_ARGS passes options to the seede
 	@$(VENV)/bin/surge-seed $(SEED_ARGS)
 
 test: deps ## Every test: unit, integration (real Postgres, Redis) and e2e (the local stack)
-	@$(VENV)/bin/pytest $(PYTEST_ARGS)
+	@$(VENV)/bin/pytest -m "not netns" $(PYTEST_ARGS)
+
+test-netns: deps ## The hosts-across-a-network tests (network namespaces, root): not yet in `make test`
+	@$(VENV)/bin/pytest -m netns $(PYTEST_ARGS)
 
 test-unit: deps ## The tests that need no server (tests/unit), in seconds
 	@$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine
@@ -49,8 +50,12 @@ T = TypeVar("T")
 # One Redis, or a Redis Cluster (SURGE_REDIS_MODE=cluster): the read path's calls are the same.
 RedisClient = aioredis.Redis | aioredis.RedisCluster
 
-# What a failing Redis raises through redis-py: its own errors, socket errors, timeouts.
-REDIS_FAULTS = (RedisError, OSError, TimeoutError)
+# What a failing Redis raises through redis-py: its own errors, socket errors, timeouts, and
+# uvloop's RuntimeError ("unable to perform operation on <TCPTransport closed=True>"): a pooled
+# connection whose socket died while idle (reset, or TCP_USER_TIMEOUT/keepalive on a silent
+# network) still looks connected to redis-py, and its next write raises that (then redis-py
+# drops it). Uncaught, it was a 500 (docs/reliability.md, "Across a real network").
+REDIS_FAULTS = (RedisError, OSError, TimeoutError, RuntimeError)
 POSTGRES_FAULTS = (psycopg.Error, PoolTimeout, TooManyRequests, OSError)
 # A standby call also fails when it outlasts its deadline (Lookup._within).
 STANDBY_FAULTS = (*POSTGRES_FAULTS, TimeoutError)
@@ -66,6 +71,29 @@ WARM_RETRY_S = 1.0
 WARM_TIMEOUT_S = 10.0
 # Idle Postgres connections are checked every this many live-version reads (2 s by default).
 POOL_CHECK_ROUNDS = 4
+# A connection whose peer went silent (a partition: no reset, packets lost) otherwise waits out
+# TCP's retransmission backoff, seconds after the link returns, and its idle peers ~2 h of
+# keepalive. Sent data unacknowledged for TCP_USER_TIMEOUT_MS, or an idle connection whose
+# probes go unanswered (1 s idle, then 2 probes 1 s apart), fails, and the pool opens another.
+# Set once per connection: no cost per request (docs/reliability.md, "Across a real network").
+TCP_USER_TIMEOUT_MS = 2000
+TCP_KEEPALIVE_IDLE_S, TCP_KEEPALIVE_INTERVAL_S, TCP_KEEPALIVE_COUNT = 1, 1, 2
+REDIS_SOCKET_OPTIONS: dict[str, Any] = {
+    "socket_keepalive": True,
+    "socket_keepalive_options": {
+        socket.TCP_KEEPIDLE: TCP_KEEPALIVE_IDLE_S,
+        socket.TCP_KEEPINTVL: TCP_KEEPALIVE_INTERVAL_S,
+        socket.TCP_KEEPCNT: TCP_KEEPALIVE_COUNT,
+        socket.TCP_USER_TIMEOUT: TCP_USER_TIMEOUT_MS,
+    },
+}
+POSTGRES_SOCKET_OPTIONS: dict[str, Any] = {
+    "keepalives": 1,
+    "keepalives_idle": TCP_KEEPALIVE_IDLE_S,
+    "keepalives_interval": TCP_KEEPALIVE_INTERVAL_S,
+    "keepalives_count": TCP_KEEPALIVE_COUNT,
+    "tcp_user_timeout": TCP_USER_TIMEOUT_MS,
+}
 # Seconds between probes of a standby the fallback reads have left (it failed, or it lags the
 # primary), and between questions to a standby an admin refresh waits for.
 STANDBY_PROBE_S = 0.5
@@ -176,49 +204,16 @@ class Lookup:
         # The newest single-record refresh this replica has applied ({surge}:refreshed stream id).
         self._refreshed_seen: bytes | str = b"0-0"
         self._watcher: asyncio.Task[None] | None = None
+        self._pool_check: asyncio.Task[None] | None = None
         self._warmers: dict[str, asyncio.Task[int]] = {}
-        self.redis: RedisClient
-        self.warm_redis: RedisClient
-        if stores.cluster:
-            # Per node: as many connections as the replica's concurrency cap. No retries of a
-            # failed call either (MOVED and ASK are still followed: they are not failures); a
-            # connection error makes the client read the slot map again on its next call.
-            self.redis = aioredis.RedisCluster.from_url(
-                stores.redis_url,
-                max_connections=stores.redis_pool_size,
-                socket_timeout=stores.redis_timeout,
-                socket_connect_timeout=stores.redis_timeout,
-                retry=Retry(NoBackoff(), 0),
-            )
-            self.warm_redis = aioredis.RedisCluster.from_url(
-                stores.redis_url,
-                max_connections=len(DATASETS),  # per node: one for each dataset's warm-up
-                socket_timeout=WARM_TIMEOUT_S,
-                socket_connect_timeout=stores.redis_timeout,
-                retry=Retry(NoBackoff(), 0),
-            )
-        else:
-            # The pool is as large as the replica's concurrency cap (Granian --backpressure), so
-            # it cannot run dry; no retries: a failed call falls back to Postgres at once.
-            self.redis = aioredis.Redis(
-                connection_pool=aioredis.ConnectionPool.from_url(
-                    stores.redis_url,
-                    max_connections=stores.redis_pool_size,
-                    socket_timeout=stores.redis_timeout,
-                    socket_connect_timeout=stores.redis_timeout,
-                    retry=Retry(NoBackoff(), 0),
-                )
-            )
-            # The warm-ups' own connections, one per dataset as they run side by side (a shared
-            # one made the second fail at once and start over): their pipelines carry ~1,000
-            # records, which a busy replica may take longer than SURGE_REDIS_TIMEOUT to read.
-            self.warm_redis = aioredis.Redis.from_url(
-                stores.redis_url,
-                max_connections=len(DATASETS),
-                socket_timeout=WARM_TIMEOUT_S,
-                socket_connect_timeout=stores.redis_timeout,
-                retry=Retry(NoBackoff(), 0),
-            )
+        # As many connections as the replica's concurrency cap (Granian --backpressure; per node
+        # of a cluster), so the pool cannot run dry; no retries: a failed call falls back to
+        # Postgres at once (a cluster still follows MOVED and ASK: they are not failures).
+        self.redis = _redis_client(stores, stores.redis_pool_size, stores.redis_timeout)
+        # The warm-ups' own connections, one per dataset as they run side by side (a shared one
+        # made the second fail at once and start over): their pipelines carry ~1,000 records,
+        # which a busy replica may take longer than SURGE_REDIS_TIMEOUT to read.
+        self.warm_redis = _redis_client(stores, len(DATASETS), WARM_TIMEOUT_S)
         # The primary: misses when there is no standby (or it fails), admin routes, refreshes.
         self.postgres = self._pool(stores.database_url, "surge", checked=True)
         # Misses go to the standby while it answers and keeps up. Its connections are not
@@ -253,6 +248,7 @@ class Lookup:
                 "autocommit": True,
                 "connect_timeout": api.pg_connect_timeout,
                 "options": f"-c statement_timeout={api.pg_statement_timeout_ms}",
+                **POSTGRES_SOCKET_OPTIONS,
             },
             open=False,
             name=name,
@@ -280,6 +276,10 @@ class Lookup:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError, *REDIS_FAULTS):
                         await task
+            if self._pool_check is not None:
+                # Not awaited: psycopg meets a cancelled query by waiting (up to 10 s) for the
+                # server to cancel it, which a silent one never does; the pool's close ends it.
+                self._pool_check.cancel()
             await self.postgres.close()
             if self.standby is not None:
                 await self.standby.close()
@@ -399,11 +399,17 @@ class Lookup:
                 await self.refresh_live()
             except Exception:  # a malformed {surge}:live, say: keep the versions, keep watching
                 log.exception("live versions not refreshed")
-            if rounds % POOL_CHECK_ROUNDS == 0:
-                # A replica nginx rarely sends work to (a spill-over backup) would otherwise keep
-                # connections Postgres dropped until a miss tripped over them, and answer 503.
-                with contextlib.suppress(*POSTGRES_FAULTS):
-                    await self.postgres.check()
+            idle_check = self._pool_check
+            if rounds % POOL_CHECK_ROUNDS == 0 and (idle_check is None or idle_check.done()):
+                # Beside the watcher, not in it: a check waits as long as Postgres is silent
+                # (partitioned), and the live versions must still be followed meanwhile.
+                self._pool_check = asyncio.create_task(self._check_idle_postgres())
+
+    async def _check_idle_postgres(self) -> None:
+        # A replica nginx rarely sends work to (a spill-over backup) would otherwise keep
+        # connections Postgres dropped until a miss tripped over them, and answer 503.
+        with contextlib.suppress(*POSTGRES_FAULTS):
+            await self.postgres.check()
 
     async def get(self, dataset: Dataset, record_id: Any) -> bytes | None:
         """The record's JSON bytes, or None when no such record exists.
@@ -680,6 +686,22 @@ async def _select(
         row = await cursor.fetchone()
     timer.observe(perf_counter() - started)
     return None if row is None else dataset.render(row)
+
+
+def _redis_client(stores: StoreSettings, connections: int, timeout: float) -> RedisClient:
+    """A client of the Redis (or Redis Cluster) the settings name, that never retries."""
+    options: dict[str, Any] = {
+        "max_connections": connections,
+        "socket_timeout": timeout,
+        "socket_connect_timeout": stores.redis_timeout,
+        "retry": Retry(NoBackoff(), 0),
+        **REDIS_SOCKET_OPTIONS,
+    }
+    if stores.cluster:
+        return aioredis.RedisCluster.from_url(stores.redis_url, **options)
+    return aioredis.Redis(
+        connection_pool=aioredis.ConnectionPool.from_url(stores.redis_url, **options)
+    )
 
 
 def _redis_connections(client: RedisClient) -> tuple[int | None, int | None, int]:

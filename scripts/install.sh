@@ -38,6 +38,8 @@ for exporter in node nginx redis postgres; do
 done
 have mtail || missing+=(mtail)  # nginx's access log into Prometheus counters
 have wrk || missing+=(wrk)  # the HTTP load generator of `make bench`
+# The namespace topology's delay (stack.netns) where the kernel has no netem: an NFQUEUE rule.
+have iptables || missing+=(iptables)
 
 PYTHON=${PYTHON:-python3}
 if ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1; then

@@ -27,7 +27,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from string import Template
 
@@ -96,14 +96,19 @@ when the others are gone instead of nginx answering 502."""
 def upstream_servers(ports: Iterable[int], host: str, spill_at: int = SPILL_AT) -> str:
     """The upstream block's server lines: the first replica capped at `spill_at` in flight,
     the rest its backups (0: no cap, every replica equal under least_conn)."""
-    ports = list(ports)
-    if not ports:
+    return upstream_lines([f"{host}:{p}" for p in ports], spill_at)
+
+
+def upstream_lines(addresses: Iterable[str], spill_at: int = SPILL_AT) -> str:
+    """upstream_servers for replicas at `host:port` addresses of their own (stack.netns)."""
+    addresses = list(addresses)
+    if not addresses:
         raise ValueError("nginx needs at least one upstream port")
-    if spill_at <= 0 or len(ports) == 1:
-        return " ".join(f"server {host}:{p} {SERVER_PARAMS};" for p in ports)
-    first, *rest = ports
-    lines = [f"server {host}:{first} {SERVER_PARAMS} max_conns={spill_at};"]
-    lines += [f"server {host}:{p} {SERVER_PARAMS} backup;" for p in [*rest, first]]
+    if spill_at <= 0 or len(addresses) == 1:
+        return " ".join(f"server {a} {SERVER_PARAMS};" for a in addresses)
+    first, *rest = addresses
+    lines = [f"server {first} {SERVER_PARAMS} max_conns={spill_at};"]
+    lines += [f"server {a} {SERVER_PARAMS} backup;" for a in [*rest, first]]
     return " ".join(lines)
 
 
@@ -152,16 +157,23 @@ def local_values(
     upstream_ports: Iterable[int],
     host: str = "127.0.0.1",
     environ: Mapping[str, str] | None = None,
+    upstreams: Iterable[str] | None = None,
     **overrides: str,
 ) -> dict[str, str]:
     """Values for a local nginx whose files all live under prefix (no root needed).
+
+    upstreams: the replicas as `host:port` addresses, instead of upstream_ports on `host`.
 
     Knobs come from DEFAULTS, then the environment (environ, default os.environ), then overrides
     (full placeholder names, e.g. SURGE_RATE_LIMIT="off").
     """
     prefix = Path(prefix).resolve()
     settings = stack_settings(environ)
-    servers = upstream_servers(upstream_ports, host, settings.nginx_spill_at)
+    spill_at = settings.nginx_spill_at
+    if upstreams is not None:
+        servers = upstream_lines(upstreams, spill_at)
+    else:
+        servers = upstream_servers(upstream_ports, host, spill_at)
     values = knobs(settings)
     values.update(
         {
@@ -212,11 +224,14 @@ class NginxServer:
         *,
         template: Path | str = TEMPLATE,
         binary: str | None = None,
+        command_prefix: Sequence[str] = (),
     ) -> None:
+        """command_prefix: what the master runs under, e.g. `ip netns exec NS` (stack.netns)."""
         self.prefix = Path(prefix).resolve()
         self.values = dict(values)
         self.template = Path(template)
         self.binary = binary or nginx_binary()
+        self.command_prefix = list(command_prefix)
         self.conf_path = self.prefix / "nginx.conf"
         self.startup_log = self.prefix / "logs" / "startup.log"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -282,7 +297,8 @@ class NginxServer:
     def check(self) -> str:
         """Render and run `nginx -t`; returns its report, raises NginxError when it fails."""
         self.write_config()
-        done = subprocess.run(self.argv("-t"), capture_output=True, text=True, timeout=30)
+        argv = [*self.command_prefix, *self.argv("-t")]  # -t binds: on its own host
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
         report = (done.stdout + done.stderr).strip()
         if done.returncode != 0:
             raise NginxError(f"nginx -t rejected {self.conf_path}:\n{report}")
@@ -328,7 +344,7 @@ class NginxServer:
         attached_on_main = not detached and threading.current_thread() is threading.main_thread()
         with self.startup_log.open("ab") as log:
             self._proc = subprocess.Popen(
-                self.argv(),
+                [*self.command_prefix, *self.argv()],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
@@ -428,5 +444,6 @@ __all__ = [
     "nginx_binary",
     "placeholders",
     "render_nginx_conf",
+    "upstream_lines",
     "upstream_servers",
 ]

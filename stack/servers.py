@@ -31,7 +31,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -283,7 +283,7 @@ GRANIAN_STOP_TIMEOUT = 10
 Above nginx's read timeout (5 s): any request nginx still waits for gets its answer."""
 
 
-def granian_command(app_factory: str, port: int, backpressure: int) -> list[str]:
+def granian_command(app_factory: str, port: int, backpressure: int, host: str = HOST) -> list[str]:
     """How surge serves an ASGI app factory: one Granian worker (several spread keep-alive
     connections unevenly: 37k vs 14k requests in one measurement), uvloop, no websockets, at
     most `backpressure` requests in flight (the Redis pool is that large, so it cannot run dry).
@@ -297,7 +297,7 @@ def granian_command(app_factory: str, port: int, backpressure: int) -> list[str]
         sys.executable, "-m", "granian",
         "--interface", "asgi",
         "--factory",
-        "--host", HOST,
+        "--host", host,
         "--port", str(port),
         "--workers", "1",
         "--loop", "uvloop",
@@ -379,10 +379,22 @@ class _Server:
     name = "server"
     signal_on_parent_death = signal.SIGTERM
 
-    def __init__(self, port: int, log_file: Path, detached: bool) -> None:
+    def __init__(
+        self,
+        port: int,
+        log_file: Path,
+        detached: bool,
+        host: str = HOST,
+        command_prefix: Sequence[str] = (),
+    ) -> None:
+        """host: the address it listens on and is reached at; command_prefix: what its
+        command runs under, e.g. `ip netns exec NS` for a host of stack.netns (the port is
+        then that namespace's, so no check of it here)."""
         self.port = int(port)
         self.log_file = Path(log_file).absolute()
         self.detached = detached
+        self.host = host
+        self.command_prefix = list(command_prefix)
         self._popen: subprocess.Popen[bytes] | None = None
 
     # subclasses -------------------------------------------------------------------------
@@ -426,7 +438,7 @@ class _Server:
             log.write(f"--- {time.strftime('%F %T')} starting {self.name}\n".encode())
             log.flush()
             popen = subprocess.Popen(
-                cmd,
+                [*self.command_prefix, *cmd],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -466,7 +478,7 @@ class _Server:
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
-        return f"<{type(self).__name__} {HOST}:{self.port} {state}>"
+        return f"<{type(self).__name__} {self.host}:{self.port} {state}>"
 
 
 # --------------------------------------------------------------------------------------------
@@ -527,15 +539,22 @@ class PostgresServer(_Server):
         detached: bool = False,
         settings: dict[str, str] | None = None,
         start_timeout: float = 60.0,
+        host: str = HOST,
+        command_prefix: Sequence[str] = (),
     ) -> None:
         """socket_dir None (or a path too long for a Unix socket) means TCP only.
 
         durable=False turns fsync off: for throwaway test clusters, where it makes seeding faster.
-        settings are extra postgres `-c name=value` parameters.
+        settings are extra postgres `-c name=value` parameters. host other than loopback: it
+        also trusts the hosts of its own subnets (pg_hba `samenet`), as on stack.netns's bridge.
         """
         data_dir = Path(data_dir).absolute()
         super().__init__(
-            port, Path(log_file or data_dir.with_name(data_dir.name + ".log")), detached
+            port,
+            Path(log_file or data_dir.with_name(data_dir.name + ".log")),
+            detached,
+            host,
+            command_prefix,
         )
         self.data_dir = data_dir
         self.socket_dir = Path(socket_dir).absolute() if socket_dir is not None else None
@@ -552,7 +571,7 @@ class PostgresServer(_Server):
     @property
     def url(self) -> str:
         """libpq URL of the `surge` database (trust auth: no password)."""
-        return f"postgresql://{PG_USER}@{HOST}:{self.port}/{PG_DATABASE}"
+        return f"postgresql://{PG_USER}@{self.host}:{self.port}/{PG_DATABASE}"
 
     # process identity -------------------------------------------------------------------
     def _pid_from_disk(self) -> int | None:
@@ -651,7 +670,7 @@ class PostgresServer(_Server):
     def _command(self) -> list[str]:
         assert self.bin_dir is not None
         params = {
-            "listen_addresses": HOST,
+            "listen_addresses": self.host,
             "unix_socket_directories": str(self.socket_dir) if self.socket_dir else "",
         }
         if not self.durable:
@@ -667,7 +686,11 @@ class PostgresServer(_Server):
 
         try:
             with psycopg.connect(
-                host=HOST, port=self.port, user=PG_USER, dbname="postgres", connect_timeout=2
+                host=self.host,
+                port=self.port,
+                user=PG_USER,
+                dbname="postgres",
+                connect_timeout=2,
             ):
                 return True
         except psycopg.OperationalError:
@@ -677,7 +700,7 @@ class PostgresServer(_Server):
         import psycopg
 
         with psycopg.connect(
-            host=HOST, port=self.port, user=PG_USER, dbname="postgres", autocommit=True,
+            host=self.host, port=self.port, user=PG_USER, dbname="postgres", autocommit=True,
             connect_timeout=5,
         ) as conn:  # fmt: skip
             exists = conn.execute(
@@ -722,12 +745,19 @@ class PostgresServer(_Server):
         self.bin_dir = self.bin_dir or find_pg_bin()
         if not (self.data_dir / "PG_VERSION").exists():
             self._initdb()
-        ensure_port_free(self.port, f"Postgres on port {self.port}", self.port_hint)
+        if not self.command_prefix:
+            ensure_port_free(self.port, f"Postgres on port {self.port}", self.port_hint)
         if self.socket_dir is not None:
             self.socket_dir.mkdir(parents=True, exist_ok=True)
             self._give_to_postgres(self.socket_dir)
         self._check_reachable(self.data_dir)
-        self._spawn(self._command(), env=self._env(), **self._run_as())
+        self._trust_own_subnets()
+        if self.command_prefix and _is_root():
+            # The prefix (`ip netns exec`) needs root: the drop to the postgres user comes after
+            # it, and restores the parent-death signal that a change of user clears.
+            self._spawn([*self._setpriv(), *self._command()], env=self._env())
+        else:
+            self._spawn(self._command(), env=self._env(), **self._run_as())
         wait_for(
             self._accepts_connections,
             timeout=self.start_timeout,
@@ -737,6 +767,26 @@ class PostgresServer(_Server):
         )
         self._ensure_database()
         return self
+
+    def _setpriv(self) -> list[str]:
+        """util-linux's setpriv, as the postgres user, dying with us unless detached."""
+        self._run_as()  # its error when there is no postgres user
+        pw = pwd.getpwnam(PG_SYSTEM_USER)
+        cmd = ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--clear-groups"]
+        if not self.detached:
+            cmd += ["--pdeathsig", signal.Signals(self.signal_on_parent_death).name]
+        return [*cmd, "--"]
+
+    def _trust_own_subnets(self) -> None:
+        """Off loopback, let clients on the server's own subnets in (initdb's host lines are
+        loopback only); appended, so the file keeps its owner and mode."""
+        if self.host == HOST:
+            return
+        hba = self.data_dir / "pg_hba.conf"
+        line = f"host all {PG_USER} samenet trust"
+        if line not in hba.read_text().splitlines():
+            with hba.open("a") as out:
+                out.write(line + "\n")
 
     def stop(self, timeout: float = 30.0) -> None:
         """Fast shutdown (roll back sessions, checkpoint, exit) and wait. Idempotent."""
@@ -975,6 +1025,8 @@ class RedisServer(_Server):
         detached: bool = False,
         config: dict[str, str] | None = None,
         start_timeout: float = 60.0,
+        host: str = HOST,
+        command_prefix: Sequence[str] = (),
     ) -> None:
         """persist=False: no RDB, no AOF, a restart comes back empty (tests).
 
@@ -983,14 +1035,15 @@ class RedisServer(_Server):
         config: extra redis.conf directives, given on the command line.
         """
         self.dir = Path(dir).absolute()
-        super().__init__(port, Path(log_file or self.dir / "redis.log"), detached)
+        log = Path(log_file or self.dir / "redis.log")
+        super().__init__(port, log, detached, host, command_prefix)
         self.persist = persist
         self.config = dict(config or {})
         self.start_timeout = start_timeout
 
     @property
     def url(self) -> str:
-        return f"redis://{HOST}:{self.port}/0"
+        return f"redis://{self.host}:{self.port}/0"
 
     @property
     def pid_file(self) -> Path:
@@ -1010,7 +1063,7 @@ class RedisServer(_Server):
     def _command(self) -> list[str]:
         conf = {
             "port": str(self.port),
-            "bind": HOST,
+            "bind": self.host,
             "dir": str(self.dir),
             "daemonize": "no",
             "pidfile": str(self.pid_file),
@@ -1019,6 +1072,10 @@ class RedisServer(_Server):
             "appendonly": "no",
             "dbfilename": "dump.rdb",
         }
+        if self.host != HOST:
+            # Off loopback Redis refuses clients without a password; this host's address is
+            # on a private bridge (stack.netns), which is the protection.
+            conf["protected-mode"] = "no"
         if self.persist:  # a supervisor stops it with SIGTERM: save then, as stop() does
             conf["shutdown-on-sigterm"] = "save"
         conf |= _redis_config()
@@ -1038,7 +1095,7 @@ class RedisServer(_Server):
 
     def call(self, *args: str, timeout: float = 2.0) -> bytes:
         """One command; the first line of its reply (b"+PONG", b"-LOADING ..."). Stdlib only."""
-        with socket.create_connection((HOST, self.port), timeout=timeout) as s:
+        with socket.create_connection((self.host, self.port), timeout=timeout) as s:
             s.sendall(_resp(*args))
             buf = b""
             while not buf.endswith(b"\r\n"):
@@ -1057,10 +1114,11 @@ class RedisServer(_Server):
     def start(self) -> RedisServer:
         """Start and return once PING answers PONG. Idempotent; works again after stop()."""
         if not self.running:
-            ensure_port_free(
-                self.port, f"Redis on port {self.port}",
-                "set SURGE_REDIS_URL to use the Redis that is already running",
-            )  # fmt: skip
+            if not self.command_prefix:
+                ensure_port_free(
+                    self.port, f"Redis on port {self.port}",
+                    "set SURGE_REDIS_URL to use the Redis that is already running",
+                )  # fmt: skip
             self.dir.mkdir(parents=True, exist_ok=True)
             self._spawn(self._command(), cwd=self.dir)
             alive: Callable[[], bool] | None = self._child_alive

@@ -2,20 +2,45 @@
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
+import contextlib
+import os
+import random
+import re
+import subprocess
+import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 import redis
+from replica import replica
+from silent_proxy import SilentProxy
 
 import seeder
+from api.lookup import POOL_CHECK_ROUNDS
 from core.contract import STUDENTS
+from stack.servers import free_port, granian_command, log_tail, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
 
 # The settings' Redis timeout is 0.1 s; a fallback must not take redis-py's default 5 s.
 FALLBACK_BOUND_S = 0.5
 # psycopg_pool waits SURGE_PG_WAIT_TIMEOUT (0.5 s) for a connection, then 503.
 UNAVAILABLE_BOUND_S = 1.5
 RECOVERY_BOUND_S = 5.0
+# Two reads of the live versions (0.5 s apart) and a Redis timeout.
+WATCHER_BOUND_S = 1.5
+# A burst against a replica whose Redis goes silent mid-way: 8 keep-alive clients, 1,200
+# requests; each lookup then waits out the 0.1 s Redis timeout and reads Postgres.
+SILENT_BURST, SILENT_THREADS = 1_200, 8
+SILENT_SLOWEST_S = 1.0
+RESET_CLIENTS = 16
+REDIS_HIT_LINE = re.compile(r'^surge_lookups_total\{[^}]*outcome="redis_hit"[^}]*\} (\S+)$', re.M)
 
 
 def timed_get(fresh, path):
@@ -176,3 +201,151 @@ def test_ready_is_503_only_when_nothing_can_answer(fresh, settings, redis_server
         redis_server.start()
     poll_until(lambda: fresh.get("/ready").json()["status"] == "ready", RECOVERY_BOUND_S)
     seeder.seed(settings)  # Redis came back empty
+
+
+def test_a_silent_postgres_does_not_stop_the_live_version_watcher(
+    settings, seeded, postgres_server, restore
+):
+    """Postgres behind a partition (no answer, no reset: SilentProxy) while the replica checks
+    its idle Postgres connections: the watcher of the live versions must go on, so a reseed
+    that switches {surge}:live meanwhile is followed within a refresh or two."""
+    with SilentProxy(postgres_server.port) as proxy:
+        url = settings.stores.database_url.replace(f":{postgres_server.port}/", f":{proxy.port}/")
+        with replica(settings, database_url=url) as client:
+            lookup = client.app.state.lookup
+            assert client.get("/students/10010").status_code == 200
+            before = dict(lookup.live)
+            proxy.silence()
+            try:
+                # Past a round of the idle-connection check (POOL_CHECK_ROUNDS reads of the
+                # live versions), which now waits on the silent server.
+                time.sleep(POOL_CHECK_ROUNDS * settings.live_refresh_interval + 0.5)
+                seeder.seed(settings.replace(seed=settings.dataset.seed + 1))  # not via the proxy
+                switched = poll_until(lambda: lookup.live != before, WATCHER_BOUND_S)
+                answer = client.get("/students/10011")  # from the new version in Redis
+                assert answer.status_code == 200, answer.text
+            finally:
+                proxy.resume()
+    print(f"\nlive versions followed {switched:.2f} s after the switch, Postgres silent")
+
+
+@contextlib.contextmanager
+def granian_replica(settings, redis_url: str, log: Path) -> Iterator[str]:
+    """A real replica (Granian, as `make up` runs it) over the session's Postgres and the given
+    Redis, logging to `log`."""
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("SURGE_")},
+        "SURGE_DATABASE_URL": settings.stores.database_url,
+        "SURGE_REDIS_URL": redis_url,
+        "SURGE_STUDENTS": str(settings.dataset.students),
+        "SURGE_BOOKINGS": str(settings.dataset.bookings),
+        "SURGE_LOCAL_CACHE_MB": "0",  # every lookup asks Redis, as a cold replica's do
+    }
+    cmd = granian_command("api.app:create_app", port, settings.redis_pool_size)
+    with log.open("ab") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _ready(url), timeout=30, what="replica", alive=lambda: proc.poll() is None)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/ready", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _redis_hits(url: str) -> int:
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    return sum(int(float(v)) for v in REDIS_HIT_LINE.findall(text))
+
+
+def test_a_silent_redis_mid_burst_answers_every_request_from_postgres(
+    settings, seeded, redis_server, server_dir
+):
+    """Redis behind a partition (SilentProxy: the replica's connections get no answer, new
+    ones are accepted and never served) mid-burst: every request answers 200 from Postgres,
+    none a 500 or an error, none slower than the Redis timeout plus a fallback read; once the
+    link returns, lookups are Redis hits again within RECOVERY_BOUND_S."""
+    log = server_dir / "replica.log"
+    redis_url = "redis://127.0.0.1:{}/0"
+    with (
+        SilentProxy(redis_server.port) as proxy,
+        granian_replica(settings, redis_url.format(proxy.port), log) as url,
+    ):
+        answers: list[tuple[int, float]] = []
+        failures: list[str] = []
+        ids = list(range(10_000, 10_000 + settings.dataset.students))
+
+        def client(n: int) -> None:
+            rng = random.Random(n)
+            with httpx.Client(base_url=url, timeout=10) as http:
+                for _ in range(SILENT_BURST // SILENT_THREADS):
+                    started = time.monotonic()
+                    try:
+                        status = http.get(f"/students/{rng.choice(ids)}").status_code
+                    except httpx.HTTPError as exc:
+                        failures.append(repr(exc))
+                        continue
+                    answers.append((status, time.monotonic() - started))
+
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(SILENT_THREADS)]
+        for thread in threads:
+            thread.start()
+        poll_until(lambda: len(answers) >= SILENT_BURST // 10, 30)
+        proxy.silence()
+        poll_until(lambda: len(answers) >= SILENT_BURST // 2, 60)
+        proxy.resume()
+        hits = _redis_hits(url)
+        back = poll_until(lambda: _redis_hits(url) > hits, RECOVERY_BOUND_S)
+        for thread in threads:
+            thread.join(timeout=60)
+    statuses = collections.Counter(status for status, _ in answers)
+    unexpected = [line for line in log_tail(log, 10_000).splitlines() if "ERROR" in line]
+    assert failures == [], failures[:5]
+    assert statuses == {200: SILENT_BURST}, (statuses, unexpected[:5])
+    assert unexpected == [], unexpected[:5]
+    slowest = max(seconds for _, seconds in answers)
+    assert slowest < SILENT_SLOWEST_S, f"slowest answer {slowest:.2f} s"
+    print(f"\nsilent Redis: {statuses}, slowest {slowest * 1000:.0f} ms, hits again {back:.2f} s")
+
+
+def test_redis_connections_reset_while_idle_cost_no_request(
+    settings, seeded, redis_server, server_dir
+):
+    """Every pooled Redis connection of a replica reset while idle (what a peer behind a
+    partition, or TCP_USER_TIMEOUT on it, leaves in the pool): the next lookups on them are
+    answered (200, from Postgres or Redis), never a 500, and /ready still answers."""
+    log = server_dir / "replica.log"
+    with (
+        SilentProxy(redis_server.port) as proxy,
+        granian_replica(settings, f"redis://127.0.0.1:{proxy.port}/0", log) as url,
+    ):
+        ids = range(10_000, 10_000 + RESET_CLIENTS * 10)
+        with httpx.Client(base_url=url, timeout=10) as http:
+            statuses = collections.Counter()
+
+            def lookups() -> None:
+                # Concurrent, so that the replica's pool holds many connections.
+                with concurrent.futures.ThreadPoolExecutor(RESET_CLIENTS) as pool:
+                    paths = [f"/students/{i}" for i in ids]
+                    for status in pool.map(
+                        lambda p: httpx.get(url + p, timeout=10).status_code, paths
+                    ):
+                        statuses[status] += 1
+
+            lookups()
+            proxy.reset()
+            time.sleep(0.2)  # the resets reach the replica's idle sockets
+            lookups()
+            ready = http.get("/ready")
+    errors = [line for line in log_tail(log, 10_000).splitlines() if "ERROR" in line]
+    assert statuses == {200: 2 * len(ids)}, (statuses, errors[:3])
+    assert ready.status_code == 200, ready.text
+    assert errors == [], errors[:3]
