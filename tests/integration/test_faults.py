@@ -219,7 +219,7 @@ def test_a_silent_postgres_does_not_stop_the_live_version_watcher(
             try:
                 # Past a round of the idle-connection check (POOL_CHECK_ROUNDS reads of the
                 # live versions), which now waits on the silent server.
-                time.sleep(POOL_CHECK_ROUNDS * settings.live_refresh_interval + 0.5)
+                time.sleep(POOL_CHECK_ROUNDS * settings.api.live_refresh_interval + 0.5)
                 seeder.seed(settings.replace(seed=settings.dataset.seed + 1))  # not via the proxy
                 switched = poll_until(lambda: lookup.live != before, WATCHER_BOUND_S)
                 answer = client.get("/students/10011")  # from the new version in Redis
@@ -242,7 +242,7 @@ def granian_replica(settings, redis_url: str, log: Path) -> Iterator[str]:
         "SURGE_BOOKINGS": str(settings.dataset.bookings),
         "SURGE_LOCAL_CACHE_MB": "0",  # every lookup asks Redis, as a cold replica's do
     }
-    cmd = granian_command("api.app:create_app", port, settings.redis_pool_size)
+    cmd = granian_command("api.app:create_app", port, settings.stores.redis_pool_size)
     with log.open("ab") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
