@@ -68,6 +68,10 @@ REDIS_TIMEOUTS = (RedisTimeoutError, TimeoutError)
 # Seconds before a warm-up of the replica's copy that Redis interrupted goes again, and how long
 # one of its pipelines may take.
 WARM_RETRY_S = 1.0
+# Seconds a replica's shutdown waits for its store clients (inside Granian's kill timeout), and
+# for each Postgres pool's workers within it.
+CLOSE_TIMEOUT_S = 8.0
+POOL_CLOSE_TIMEOUT_S = 2.0
 WARM_TIMEOUT_S = 10.0
 # Idle Postgres connections are checked every this many live-version reads (2 s by default).
 POOL_CHECK_ROUNDS = 4
@@ -270,22 +274,34 @@ class Lookup:
         self._watcher = asyncio.create_task(self._watch_live(), name="surge-live-versions")
 
     async def close(self) -> None:
+        # Bounded: a store that vanished mid-call must not hold the replica's shutdown forever
+        # (a pool closing while a cancelled check still held its connections once did).
         try:
-            for task in [self._watcher, self._standby_watcher, *self._warmers.values()]:
-                if task is not None:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, *REDIS_FAULTS):
-                        await task
-            if self._pool_check is not None:
-                # Not awaited: psycopg meets a cancelled query by waiting (up to 10 s) for the
-                # server to cancel it, which a silent one never does; the pool's close ends it.
-                self._pool_check.cancel()
-            await self.postgres.close()
-            if self.standby is not None:
-                await self.standby.close()
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await self._close_tasks_and_pools()
+        except TimeoutError:
+            log.warning(
+                "closing the stores took over %.0f s: left to the process exit", CLOSE_TIMEOUT_S
+            )
         finally:
-            await self.redis.aclose()
-            await self.warm_redis.aclose()
+            with contextlib.suppress(TimeoutError, *REDIS_FAULTS):
+                async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                    await self.redis.aclose()
+                    await self.warm_redis.aclose()
+
+    async def _close_tasks_and_pools(self) -> None:
+        for task in [self._watcher, self._standby_watcher, *self._warmers.values()]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, *REDIS_FAULTS):
+                    await task
+        if self._pool_check is not None:
+            # Not awaited: psycopg meets a cancelled query by waiting (up to 10 s) for the
+            # server to cancel it, which a silent one never does; the pool's close ends it.
+            self._pool_check.cancel()
+        await self.postgres.close(timeout=POOL_CLOSE_TIMEOUT_S)
+        if self.standby is not None:
+            await self.standby.close(timeout=POOL_CLOSE_TIMEOUT_S)
 
     async def refresh_live(self) -> bool:
         """Read {surge}:live and the refreshes since the last read, in one round trip; on any
