@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -21,3 +22,10 @@ def replica(settings: Settings, **changes: Any) -> Iterator[TestClient]:
         lookup = app.state.lookup
         poll(lambda: all(t.done() for t in lookup._warmers.values()), 10, "warm-up")
         yield client
+
+
+def child_env(settings: Settings) -> dict[str, str]:
+    """The environment of a process started over `settings` (a keeper, a Granian replica): ours
+    without the developer's SURGE_* variables, plus every setting."""
+    ours = {k: v for k, v in os.environ.items() if not k.startswith("SURGE_")}
+    return {**ours, **settings.as_env()}

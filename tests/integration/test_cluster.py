@@ -27,7 +27,7 @@ import pytest
 import redis
 from litestar.testing import TestClient
 from polling import poll
-from replica import replica
+from replica import child_env, replica
 
 from core.contract import (
     CONTROL_KEYS,
@@ -280,14 +280,7 @@ def test_slots_migrated_under_reads_fail_nothing(on_cluster, cluster, crc, pg, c
 def test_the_keeper_refills_a_cluster_emptied_on_every_master(
     on_cluster, crc, pg, tmp_path, cluster_restored
 ):
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("SURGE_")},
-        "SURGE_DATABASE_URL": on_cluster.stores.database_url,
-        "SURGE_REDIS_URL": on_cluster.stores.redis_url,
-        "SURGE_REDIS_MODE": "cluster",
-        "SURGE_STUDENTS": str(on_cluster.dataset.students),
-        "SURGE_BOOKINGS": str(on_cluster.dataset.bookings),
-    }
+    env = child_env(on_cluster)  # SURGE_REDIS_MODE=cluster among them
     log = tmp_path / "keeper.log"
     with log.open("w") as out:
         keeper = subprocess.Popen(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
-import os
 import random
 import re
 import subprocess
@@ -18,7 +17,7 @@ import httpx
 import psycopg
 import pytest
 import redis
-from replica import replica
+from replica import child_env, replica
 from silent_proxy import SilentProxy
 
 import seeder
@@ -234,14 +233,8 @@ def granian_replica(settings, redis_url: str, log: Path) -> Iterator[str]:
     """A real replica (Granian, as `make up` runs it) over the session's Postgres and the given
     Redis, logging to `log`."""
     port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("SURGE_")},
-        "SURGE_DATABASE_URL": settings.stores.database_url,
-        "SURGE_REDIS_URL": redis_url,
-        "SURGE_STUDENTS": str(settings.dataset.students),
-        "SURGE_BOOKINGS": str(settings.dataset.bookings),
-        "SURGE_LOCAL_CACHE_MB": "0",  # every lookup asks Redis, as a cold replica's do
-    }
+    # The copy off: every lookup asks Redis, as a cold replica's do.
+    env = child_env(settings.replace(redis_url=redis_url, local_cache_mb=0))
     cmd = granian_command("api.app:create_app", port, settings.stores.redis_pool_size)
     with log.open("ab") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)

@@ -3,13 +3,13 @@ was flushed is refilled from Postgres by itself, live versions and metadata incl
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from polling import poll
+from replica import child_env
 
 from core.contract import DATASETS, LIVE_KEY, MARKER_KEY, STUDENTS
 from seeder import redis_fill
@@ -18,13 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_a_flushed_redis_is_refilled_without_anyone_asking(settings, seeded, rds, pg, tmp_path):
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("SURGE_")},
-        "SURGE_DATABASE_URL": settings.stores.database_url,
-        "SURGE_REDIS_URL": settings.stores.redis_url,
-        "SURGE_STUDENTS": str(settings.dataset.students),
-        "SURGE_BOOKINGS": str(settings.dataset.bookings),
-    }
+    env = child_env(settings)
     log = tmp_path / "keeper.log"
     with log.open("w") as out:
         keeper = subprocess.Popen(
