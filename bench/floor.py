@@ -12,7 +12,7 @@ from stack.nginx import nginx_binary
 from stack.servers import HOST, child_pids, free_port, start_child, stop_children
 
 # About the size of a real student record (~450 bytes).
-_PADDING = "x" * 380
+PADDING = "x" * 380
 CONF = """
 worker_processes 1;
 daemon off;
@@ -45,9 +45,7 @@ class Floor:
     def __enter__(self) -> Floor:
         self.prefix.mkdir(parents=True, exist_ok=True)
         conf = self.prefix / "nginx.conf"
-        conf.write_text(
-            CONF.format(prefix=self.prefix, host=HOST, port=self.port, padding=_PADDING)
-        )
+        conf.write_text(CONF.format(prefix=self.prefix, host=HOST, port=self.port, padding=PADDING))
         self.proc = start_child(
             [nginx_binary(), "-p", str(self.prefix), "-c", str(conf)],
             lambda: http_ok(f"{self.url}/students/1", timeout=1),

@@ -466,16 +466,23 @@ class Topology(LauncherTopology):
 
 
 class BareTopology:
-    """bench/bare_handler.py replicas behind a second nginx rendered from the same template."""
+    """Replicas of a yardstick app (bench/bare_handler.py, or bench/raw_asgi.py: `app`) behind
+    a second nginx rendered from the same template; their processes named `kind`-1..N."""
 
-    def __init__(self, settings: Settings, replicas: int, prefix: Path) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        replicas: int,
+        prefix: Path,
+        app: str = "bench.bare_handler:create_app",
+        kind: str = "bare",
+    ) -> None:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.kind = kind
         self.procs: list[subprocess.Popen[bytes]] = []
         self.ports = [free_port() for _ in range(replicas)]
         for port in self.ports:
-            cmd = granian_command(
-                "bench.bare_handler:create_app", port, settings.stores.redis_pool_size
-            )
+            cmd = granian_command(app, port, settings.stores.redis_pool_size)
             self.procs.append(
                 subprocess.Popen(
                     cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -485,7 +492,7 @@ class BareTopology:
             wait_for(
                 lambda p=port: answers(p, f"/students/{FIRST_STUDENT_ID}"),
                 timeout=30,
-                what="bare handler",
+                what=app,
             )
         values = local_values(
             prefix,
@@ -502,7 +509,7 @@ class BareTopology:
     def groups(self) -> dict[str, list[int]]:
         groups = {"nginx": with_children(self.nginx.pid)} if self.nginx.pid else {}
         for i, proc in enumerate(self.procs, 1):
-            groups[f"bare-{i}"] = with_children(proc.pid)
+            groups[f"{self.kind}-{i}"] = with_children(proc.pid)
         return groups
 
     def stop(self) -> None:
@@ -606,13 +613,20 @@ class Bench:
             with Measure({"nginx": floor.pids()}, {}) as m:
                 out = k6(script, floor.url, k6_env, timeout, work, {})
             beside["floor"] = m.attach(out["run"], "k6")
-        bare = BareTopology(self.settings, self.default_replicas, self.work / "nginx-bare")
-        try:
-            with Measure(bare.groups(), {}, self.stores) as m:
-                out = k6(script, bare.url, k6_env, timeout, work, {})
-            beside["bare handler"] = m.attach(out["run"], "k6")
-        finally:
-            bare.stop()
+        yardsticks = (
+            (report_render.STACK_FLOOR, "bench.raw_asgi:create_app", "granian"),
+            ("bare handler", "bench.bare_handler:create_app", "bare"),
+        )
+        for label, app, kind in yardsticks:
+            bare = BareTopology(
+                self.settings, self.default_replicas, self.work / f"nginx-{kind}", app, kind
+            )
+            try:
+                with Measure(bare.groups(), {}, self.stores) as m:
+                    out = k6(script, bare.url, k6_env, timeout, work, {})
+                beside[label] = m.attach(out["run"], "k6")
+            finally:
+                bare.stop()
         for name, other in beside.items():
             say(f"{script} {name}: p95 {other['p95_ms']:.1f} ms, p99 {other['p99_ms']:.1f} ms")
         run, timeline = self.surge_k6(script, k6_env)
@@ -626,9 +640,11 @@ class Bench:
             f"{self.default_replicas} replica(s); k6 on the same machine with "
             f"{' '.join(f'{k}={v}' for k, v in K6_GO_ENV.items())}. The same script, back to "
             "back: `floor` against an nginx answering every lookup itself with a fixed record "
-            "(bench/floor.py), `bare handler` against bench/bare_handler.py's replicas behind "
-            "the project's nginx, `k6` against surge.",
-            "runs": {"floor": beside["floor"], "bare handler": beside["bare handler"], "k6": run},
+            f"(bench/floor.py), `{report_render.STACK_FLOOR}` against Granian serving a raw "
+            "ASGI app that answers with a fixed record (bench/raw_asgi.py) behind the project's "
+            "nginx (what the server stack costs before any lookup), `bare handler` against "
+            "bench/bare_handler.py's replicas behind the project's nginx, `k6` against surge.",
+            "runs": {**beside, "k6": run},
             "timeline": timeline,
         }
 
@@ -889,6 +905,23 @@ class Bench:
                     f"{run['max_ms']:.0f} ms"
                 )
         self.capacity_run = runs["capacity"]
+        with Floor(self.work / "nginx-floor") as floor:  # the most this machine can offer
+            floor_run = self.measured(
+                {"nginx": floor.pids()},
+                {},
+                lambda: wrk(
+                    floor.url,
+                    seconds,
+                    3 * cap,
+                    "statuses.lua",
+                    FIRST_STUDENT_ID,
+                    self.last_id,
+                    threads=2,
+                    timeout="5s",
+                ),
+                "wrk",
+            )
+        say(f"overload floor: {floor_run['requests'] / floor_run['seconds']:,.0f} req/s answered")
         return {
             "how": f"wrk with bench/statuses.lua (random students, every answer sorted by "
             f"status), {seconds} s per phase, back to back, through nginx to "
@@ -902,8 +935,11 @@ class Bench:
             "out after 5 s (nginx's read timeout). Memory, tasks and connections sampled every "
             "0.5 s (bench/resources.py); the table shows each phase's maximum. Meanwhile a probe "
             "opened a new connection every 50 ms for one lookup and timed it alone: the "
-            "latency of refusals and admitted requests apart.",
+            "latency of refusals and admitted requests apart. Last, the same `3x capacity` wrk "
+            "against the floor (bench/floor.py: nginx answering a fixed record by itself): the "
+            "most this machine's cores can send and answer.",
             "runs": runs,
+            "floor": floor_run,
             "resources": {label: res.maxima(*span) for label, span in spans.items()},
             "probe": probed,
             "admission_cap": cap,

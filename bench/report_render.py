@@ -121,7 +121,10 @@ def fmt(value: float, unit: str = "") -> str:
 
 SERVER_US_PER_REQUEST = 200.0
 FIXED_OVER_BARE = 1.3
-SERVER_KINDS = ("api", "bare", "nginx", "redis", "postgres")
+SERVER_KINDS = ("api", "bare", "granian", "nginx", "redis", "postgres")
+REPLICA_KINDS = ("api", "bare", "granian")
+STACK_FLOOR = "stack floor"
+"""The k6 steps' run against Granian + nginx serving fixed bytes (bench/raw_asgi.py)."""
 
 
 def server_us_per_request(run: Mapping[str, Any]) -> float:
@@ -462,7 +465,7 @@ def process_kind(name: str) -> str:
     return name.split()[0].split("-")[0]
 
 
-SINGLE_THREADED = {"nginx", "api", "bare", "redis", "wrk"}
+SINGLE_THREADED = {"nginx", "api", "bare", "granian", "redis", "wrk"}
 """One core at most each: one nginx worker, one Granian worker per replica, Redis's event loop,
 wrk -t1. Postgres (a backend per connection) and k6 (Go) can use several."""
 
@@ -537,6 +540,16 @@ def why(target: Target, results: Mapping[str, Any]) -> str:
                 f"surge's replicas spent {per_req:.0f} µs of CPU per request, the bare "
                 f"handler's {bare_per_req:.0f} µs"
             )
+    floor = step.get("floor")
+    if target.step == "overload" and target.name.startswith("offered") and floor:
+        cap = runs.get("capacity", {}).get("rps") or 1e-6
+        reasons.append(
+            f"the same wrk against nginx answering a fixed body by itself (the floor, same run) "
+            f"got {offered(floor):,.0f} answers/s, {offered(floor) / cap:.2f}x the capacity: "
+            "the most this machine sends and answers, whatever the server behind nginx"
+        )
+    if target.unit == "µs" and runs.get(STACK_FLOOR, {}).get("requests"):
+        reasons.append(stack_floor_share(run, runs[STACK_FLOOR]))
     timeline = step.get("timeline") or []
     if target.name.startswith("p") and timeline:
         # k6 times each request from the client; the replicas time it from their side. When
@@ -554,6 +567,26 @@ def why(target: Target, results: Mapping[str, Any]) -> str:
         mix = ", ".join(f"{k} {v:,.0f}" for k, v in sorted(lookups.items()))
         reasons.append(f"lookups: {mix}")
     return "; ".join(r for r in reasons if r)
+
+
+def stack_floor_share(run: Mapping[str, Any], floor: Mapping[str, Any]) -> str:
+    """How much of surge's CPU per request the server stack costs by itself (same run)."""
+    ours, bare = server_us_per_request(run), server_us_per_request(floor)
+
+    def tier(r: Mapping[str, Any], kinds: tuple[str, ...]) -> float:
+        cores = sum(v for k, v in r.get("cpu", {}).items() if process_kind(k) in kinds)
+        return cores * r.get("wall_s", 0.0) / (r.get("requests") or 1) * 1e6
+
+    replicas = tier(run, REPLICA_KINDS) - tier(floor, REPLICA_KINDS)
+    return (
+        f"the server stack alone, in the same run (Granian serving fixed bytes behind the same "
+        f"nginx, bench/raw_asgi.py), cost {bare:.0f} µs per request (Granian "
+        f"{tier(floor, REPLICA_KINDS):.0f}, nginx {tier(floor, ('nginx',)):.0f}): "
+        f"{bare / SERVER_US_PER_REQUEST:.0%} of the goal before any lookup; surge's own work "
+        f"on top: {ours - bare:.0f} µs (replicas {replicas:.0f}, "
+        f"nginx {tier(run, ('nginx',)) - tier(floor, ('nginx',)):.0f}, Redis and Postgres "
+        f"{tier(run, ('redis', 'postgres')):.0f})"
+    )
 
 
 # -- markdown ---------------------------------------------------------------------------------
@@ -753,7 +786,7 @@ def _all_runs(results: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]
 
 def tiers_table(step: Mapping[str, Any]) -> str:
     """Client, nginx and upstream latency of a k6 step's surge run, and CPU per request per
-    process kind, for each run of the step (floor, bare handler, surge)."""
+    process kind, for each run of the step (floor, stack floor, bare handler, surge)."""
     runs = step.get("runs", {})
     surge = runs.get("k6", {})
     view = surge.get("tiers") or {}
@@ -785,7 +818,7 @@ def tiers_table(step: Mapping[str, Any]) -> str:
             continue
         per_kind = dict.fromkeys(CPU_KINDS, 0.0)
         for proc, cores in run.get("cpu", {}).items():
-            kind = "replicas" if process_kind(proc) in ("api", "bare") else process_kind(proc)
+            kind = "replicas" if process_kind(proc) in REPLICA_KINDS else process_kind(proc)
             if kind in per_kind:
                 per_kind[kind] += cores * run.get("wall_s", 0.0) / requests * 1e6
         label = "surge" if name == "k6" else name

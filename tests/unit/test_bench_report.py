@@ -424,3 +424,28 @@ def test_cpu_chart_stacks_each_kind_of_process_once(tmp_path: Path) -> None:
         plt.Axes.barh = original  # type: ignore[method-assign]
     assert sorted(seen) == sorted(set(seen))
     assert {"api", "bare", "nginx", "k6"} <= set(seen)
+
+
+def test_a_cpu_miss_is_set_against_the_stack_floor_of_the_same_run() -> None:
+    results = copy.deepcopy(SAMPLE)
+    ramp = results["steps"]["ramp"]["runs"]
+    # surge: 0.3 cores for 10 s over 10,000 requests = 300 µs; the stack floor: 180 µs
+    ramp["k6"] = run(1000, 2, 5, 9, wall_s=10, cpu={"api-1": 0.2, "nginx": 0.08, "redis": 0.02})
+    ramp[rr.STACK_FLOOR] = run(1000, 1, 3, 6, wall_s=10, cpu={"granian-1": 0.12, "nginx": 0.06})
+    cpu = by_name(results)[("ramp", "server CPU per request (replicas, nginx, Redis, Postgres)")]
+    assert not cpu.met and cpu.measured == pytest.approx(300)
+    reason = rr.why(cpu, results)
+    assert "cost 180 µs per request (Granian 120, nginx 60): 90% of the goal" in reason
+    assert (
+        "surge's own work on top: 120 µs (replicas 80, nginx 20, Redis and Postgres 20)" in reason
+    )
+
+
+def test_an_offered_load_miss_is_set_against_what_the_floor_answered() -> None:
+    results = copy.deepcopy(SAMPLE)
+    step = results["steps"]["overload"]
+    step["runs"]["3x capacity"].update(requests=9000 * 10)  # 9,000/s offered: 1.29x of 7,000
+    step["floor"] = statuses(15000, 15000)
+    offered = by_name(results)[("overload", "offered load / capacity")]
+    assert not offered.met
+    assert "got 15,000 answers/s, 2.14x the capacity" in rr.why(offered, results)
