@@ -12,8 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -27,7 +25,7 @@ import pytest
 import redis
 from litestar.testing import TestClient
 from polling import poll
-from replica import child_env, replica
+from replica import keeper, replica
 
 from core.contract import (
     CONTROL_KEYS,
@@ -42,7 +40,6 @@ from core.settings import Settings
 from seeder import redis_fill, seed
 from stack.servers import RedisClusterServer, free_cluster_ports
 
-ROOT = Path(__file__).resolve().parents[2]
 READ_S = 60.0  # the longest any reader below runs, whatever happens
 
 
@@ -280,25 +277,16 @@ def test_slots_migrated_under_reads_fail_nothing(on_cluster, cluster, crc, pg, c
 def test_the_keeper_refills_a_cluster_emptied_on_every_master(
     on_cluster, crc, pg, tmp_path, cluster_restored
 ):
-    env = child_env(on_cluster)  # SURGE_REDIS_MODE=cluster among them
     log = tmp_path / "keeper.log"
-    with log.open("w") as out:
-        keeper = subprocess.Popen(
-            [sys.executable, "-u", "-m", "seeder", "--watch", "0.2"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
+    with keeper(on_cluster, log) as proc:  # SURGE_REDIS_MODE=cluster among its settings
         assert redis_fill.looks_whole(crc, DATASETS)
         for node in crc.get_primaries():
             node.redis_connection.flushall()
         assert crc.dbsize() == 0  # every master's keys summed
         took = poll(lambda: redis_fill.looks_whole(crc, DATASETS), 30, "cluster refilled")
         poll(lambda: "surge-seed --watch:" in log.read_text(), 30, "the keeper's report")
-    finally:
-        keeper.terminate()
-        keeper.wait(timeout=30)
     print(f"[cluster] keeper refilled {took:.2f} s after FLUSHALL on every master")
-    assert keeper.returncode == 0, log.read_text()
+    assert proc.returncode == 0, log.read_text()
     assert set(crc.hgetall(MARKER_KEY)) == {d.name.encode() for d in DATASETS}
     for dataset in DATASETS:
         ids = all_ids(pg, dataset)

@@ -3,29 +3,18 @@ was flushed is refilled from Postgres by itself, live versions and metadata incl
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 from polling import poll
-from replica import child_env
+from replica import keeper
 
 from core.contract import DATASETS, LIVE_KEY, MARKER_KEY, STUDENTS
 from seeder import redis_fill
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 def test_a_flushed_redis_is_refilled_without_anyone_asking(settings, seeded, rds, pg, tmp_path):
-    env = child_env(settings)
     log = tmp_path / "keeper.log"
-    with log.open("w") as out:
-        keeper = subprocess.Popen(
-            [sys.executable, "-u", "-m", "seeder", "--watch", "0.2"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
+    with keeper(settings, log) as proc:
         assert redis_fill.looks_whole(rds, DATASETS)
         time.sleep(1.0)  # a few rounds over a whole Redis: nothing to do, nothing printed
         rds.flushall()
@@ -41,10 +30,7 @@ def test_a_flushed_redis_is_refilled_without_anyone_asking(settings, seeded, rds
         print(f"[keeper] refilled {took:.2f} s after FLUSHALL")
         # The seeder reports once its run is over (after the switch: sweep, snapshot).
         poll(lambda: "surge-seed --watch:" in log.read_text(), 30, "the keeper's report")
-    finally:
-        keeper.terminate()
-        keeper.wait(timeout=30)
     out = log.read_text()
-    assert keeper.returncode == 0, out
+    assert proc.returncode == 0, out
     # One line: the refill; the rounds over a whole Redis said nothing.
     assert out.count("surge-seed --watch:") == 1, out
