@@ -221,8 +221,8 @@ class Lookup:
         # The primary: misses when there is no standby (or it fails), admin routes, refreshes.
         self.postgres = self._pool(stores.database_url, "surge", checked=True)
         # Misses go to the standby while it answers and keeps up. Its connections are not
-        # checked when taken: a dead standby then fails the query itself at once (~1 ms on
-        # loopback, measured) and the request reads the primary, where a check made psycopg_pool
+        # checked when taken: a dead standby then fails the query itself at once and the
+        # request reads the primary, where a check made psycopg_pool
         # retry with a 1 s backoff and the lookup wait out SURGE_PG_WAIT_TIMEOUT (0.5 s) first.
         self.standby = (
             self._pool(stores.standby_url, "surge-standby", checked=False)
@@ -571,7 +571,7 @@ class Lookup:
 
         Not cancelled: psycopg meets a cancelled query by asking the server to cancel it and
         waiting up to 10 s, which a hung standby (stopped, or its host gone silent) never
-        answers; a miss then took 18 s instead of its 8 s deadline (measured). Left alone, the
+        answers; a miss then outlived its deadline by seconds. Left alone, the
         call ends when the standby answers or its connection breaks, and gives its connection
         back to the pool."""
         call = asyncio.ensure_future(work)

@@ -113,8 +113,7 @@ class ApiSettings:
     pg_max_waiting: int = 256
     """Requests allowed to queue for a Postgres connection; more get 503 at once. As large as
     the replica's concurrency cap (SURGE_REDIS_POOL_SIZE): a cold cache queues every miss for a
-    moment (each wait bounded by SURGE_PG_WAIT_TIMEOUT) instead of refusing most of them (64
-    refused 81% of a cold pass at 256 connections, measured)."""
+    moment (each wait bounded by SURGE_PG_WAIT_TIMEOUT) instead of refusing most of them."""
     pg_statement_timeout_ms: int = 2000
     """Server-side cap on one lookup query."""
     pg_connect_timeout: int = 2

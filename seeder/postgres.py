@@ -70,8 +70,8 @@ def connect(url: str) -> psycopg.Connection:
     # Commits reach the WAL before they return, so the WAL position read after a load covers
     # it: the standby is compared with that position (a server may default to asynchronous).
     conn.execute("SET synchronous_commit = on")
-    # The fill's full-table reads cross jit_above_cost: compiling them cost 130-260 ms of CPU
-    # at each start, in one burst the replicas felt, and made no row cheaper (measured).
+    # The fill's full-table reads cross jit_above_cost: compiling them costs a burst of CPU at
+    # each start that the replicas feel, and makes no row cheaper.
     conn.execute("SET jit = off")
     return conn
 

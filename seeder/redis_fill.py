@@ -247,8 +247,8 @@ class Pacer:
     Each batch is paced on its own: a starved refill goes slower, never catches up in a burst."""
 
     # The smoothed ratio of waiting to running: at or below CALM the full `rate`, at BUSY and
-    # above SLOWEST of it, in proportion between (measured under make up: a half-capacity
-    # load kept the keeper's ratio near 2, a full load near 7).
+    # above SLOWEST of it, in proportion between (the ratios a half and a full load give the
+    # keeper: docs/reliability.md).
     CALM, BUSY = 3.0, 7.0
     SLOWEST = 0.2
     SMOOTHING = 0.2  # weight of the newest batch (one batch's ratio is noisy)

@@ -285,7 +285,7 @@ Above nginx's read timeout (5 s): any request nginx still waits for gets its ans
 
 def granian_command(app_factory: str, port: int, backpressure: int, host: str = HOST) -> list[str]:
     """How surge serves an ASGI app factory: one Granian worker (several spread keep-alive
-    connections unevenly: 37k vs 14k requests in one measurement), uvloop, no websockets, at
+    connections unevenly: docs/architecture.md), uvloop, no websockets, at
     most `backpressure` requests in flight (the Redis pool is that large, so it cannot run dry).
 
     SIGTERM is graceful: Granian closes its listening socket at once (nginx's next connect is
