@@ -1,9 +1,10 @@
 """Prometheus metrics of one replica, cheap enough for the hot path.
 
 Litestar's built-in Prometheus middleware costs much of the hot path's throughput and, without
-group_path, makes one series per id (docs/architecture.md, "Measured facts"). This one labels requests by route template, binds every label child
-once, keeps counts in plain numbers, and builds the exposition (and reads the pool gauges) only
-when Prometheus scrapes. docs/metrics.md lists every metric.
+group_path, makes one series per id (docs/architecture.md, "Measured facts"). This one labels
+requests by route template, binds every label child once, keeps counts in plain numbers, and
+builds the exposition (and reads the pool gauges) only when Prometheus scrapes. docs/metrics.md
+lists every metric.
 """
 
 from __future__ import annotations
