@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 import redis
 
+from bench import say
 from bench.report_render import FULL_LOAD
 from bench.resources import Periodic, Probe, Resources, scrape, wait_copies
 from core.contract import LIVE_KEY, MARKER_KEY, STUDENTS
@@ -67,10 +68,6 @@ class Bench(Protocol):
         self, seconds: int, connections: int, *args: object, threads: int = 1,
         ids: tuple[int, int] | None = None,
     ) -> dict[str, Any]: ...  # fmt: skip
-
-
-def say(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 # -- samplers ---------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from typing import Any
 import psycopg
 import redis
 
+from bench import say
 from bench.api import answers
 from bench.replicas import cpu_seconds
 from bench.resources import MeasuringBench as BenchLike
@@ -61,10 +62,6 @@ Postgres (measured: 151 lookups of one cluster run), which is not the tier being
 IDLE_S = 5.0
 """Seconds of no load over which each Redis process's own CPU is sampled: a cluster's nodes
 ping each other and their replicas whatever the traffic."""
-
-
-def say(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def check_postgres_holds(settings: Settings) -> None:

@@ -7,8 +7,10 @@ Steps (`--only NAME[,NAME]`), each bounded in time, configurations compared in t
             (bench/bare_handler.py) behind a second nginx from the same template, rounds
             alternating. Target: surge >= 1.3 x the bare handler's req/s, zero errors.
   ramp      k6/reference-ramp.js (20 s to 3,000 VUs, held 40 s) against the floor (nginx alone
-            answering a fixed record, bench/floor.py), the bare handler and surge, back to back;
-            targets: 0 failed, p95 <= 20 ms, p99 <= 100 ms, server CPU <= 200 µs a request
+            answering a fixed record, bench/floor.py), the stack floor (Granian serving fixed
+            bytes behind the project's nginx, bench/raw_asgi.py), the bare handler and surge,
+            back to back; targets: 0 failed, p95 <= 20 ms, p99 <= 100 ms, server CPU <= 200 µs
+            a request
   spike     k6/spike.js the same way (3,000 VUs within 5 s; 0 failed, p99 <= 100 ms)
   results_day
             k6/results-day.js against surge: steep arrivals, each person looking several
@@ -32,7 +34,8 @@ Steps (`--only NAME[,NAME]`), each bounded in time, configurations compared in t
             per request of the replica and of Redis, cluster / single. Figures, not asserted.
   overload  wrk with bench/statuses.lua through nginx: at capacity (as many connections as nginx
             admits at once, SURGE_NGINX_MAX_INFLIGHT), at three times as many, then at capacity
-            again. Asserted: >= 3x the capacity offered; every answer a 200 or a 503/429 with
+            again, and the 3x wrk against the floor nginx (the most the machine can send and
+            answer). Asserted: >= 3x the capacity offered; every answer a 200 or a 503/429 with
             Retry-After and a problem+json body, none timed out; p99 <= 500 ms, none >= 2 s;
             memory within 10% of the capacity phase's; recovery to >= 90% of capacity, no refusal.
   soak      bench/statuses.lua's mix at half the measured capacity (paced connections) for 11
@@ -60,43 +63,36 @@ Writes docs/benchmarks/report-<date>.md, charts and results.json in docs/benchma
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import json
 import os
-import re
-import resource
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import redis
 
-from bench import capacity_figures, recovery, redis_cluster, report_render, tiers
+from bench import capacity_figures, recovery, redis_cluster, report_render, say, tiers
 from bench.api import APPS as DIRECT_APPS
 from bench.api import answers
 from bench.client_series import ClientSeries
 from bench.floor import Floor
+from bench.k6 import K6, K6_GO_ENV, k6
 from bench.machine import machine
-from bench.replicas import Topology as LauncherTopology
-from bench.replicas import busy_cores_seconds, cpu_seconds
-from bench.resources import Periodic, Probe, Resources, scrape, wait_copies
+from bench.resources import Probe, Resources
+from bench.sampling import Measure, store_pids, with_children
+from bench.topology import BareTopology, Topology
 from bench.wrk import random_students, wrk
 from core.contract import LIVE_KEY, STUDENTS, parse_version
 from core.settings import Settings
 from seeder.generate import FIRST_STUDENT_ID
-from stack.nginx import NginxServer, knobs_from_env, local_values
 from stack.servers import (
-    HOST,
-    child_pids,
-    find_k6,
     free_port,
     granian_command,
     k6_version,
@@ -106,28 +102,8 @@ from stack.servers import (
 
 ROOT = Path(__file__).resolve().parent.parent
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-K6 = find_k6()
 
-
-def _half_the_memory() -> str:
-    total_kib = next(
-        int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-        if line.startswith("MemTotal:")
-    )  # fmt: skip
-    return f"{total_kib // 2048}MiB"
-
-
-# k6's Go collector, left to its default, takes both cores for about a second every ~13 s at
-# 3,000 VUs (CPU sampled per second): the server under test stalls behind the load generator.
-# Off until the heap reaches GOMEMLIMIT: k6 allocates ~75 MB/s there, so half of this machine's
-# memory lasts the runs here (a 6 GiB limit was reached 68 s into the spike, and showed).
-K6_GO_ENV = {"GOGC": "off", "GOMEMLIMIT": _half_the_memory()}
 OUT = ROOT / "docs/benchmarks"
-
-
-def say(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 # -- profiles ---------------------------------------------------------------------------------
@@ -168,354 +144,6 @@ QUICK = {
     "soak_seconds": 40,
     "soak_window": 10,
 }
-
-
-# -- CPU per process --------------------------------------------------------------------------
-
-
-def with_children(pid: int) -> list[int]:
-    return [pid, *sorted(child_pids(pid))]
-
-
-def store_pids(settings: Settings) -> dict[str, list[int]]:
-    """Redis (its INFO pid) and Postgres (postmaster and its children), when local."""
-    out: dict[str, list[int]] = {}
-    with contextlib.suppress(Exception):
-        client = redis.Redis.from_url(settings.stores.redis_url)
-        out["redis"] = [int(client.info("server")["process_id"])]
-        client.close()
-    with contextlib.suppress(Exception):
-        import psycopg
-
-        with psycopg.connect(settings.stores.database_url) as conn:
-            data_dir = conn.execute("SHOW data_directory").fetchone()[0]
-        postmaster = int((Path(data_dir) / "postmaster.pid").read_text().split()[0])
-        out["postgres"] = with_children(postmaster)
-    return out
-
-
-def load_generators() -> list[int]:
-    """This process's k6 or wrk children."""
-    found = []
-    for pid in child_pids(os.getpid()):
-        with contextlib.suppress(OSError):
-            if Path(f"/proc/{pid}/comm").read_text().strip() in ("k6", "wrk"):
-                found.append(pid)
-    return found
-
-
-def rss_mb(pid: int) -> float:
-    with contextlib.suppress(OSError, StopIteration, ValueError):
-        status = Path(f"/proc/{pid}/status").read_text().splitlines()
-        return int(next(x for x in status if x.startswith("VmRSS:")).split()[1]) / 1024
-    return 0.0
-
-
-class Measure(Periodic):
-    """CPU per process group and the replicas' store metrics over one load run."""
-
-    interval = 1.0
-
-    def __init__(
-        self,
-        groups: Mapping[str, list[int]],
-        metric_ports: Mapping[str, int],
-        rediscover: Callable[[], Mapping[str, list[int]]] | None = None,
-    ) -> None:
-        """groups: pids per process name, fixed; rediscover: more groups, looked up again at
-        the end (Postgres forks a backend per new pool connection during a run)."""
-        self.rediscover = rediscover or dict
-        self.groups = {**groups, **self.rediscover()}
-        self.ports = metric_ports
-        self.waiting_max = 0.0
-
-    def __enter__(self) -> Measure:
-        self.before = {
-            name: {pid: cpu_seconds([pid]) for pid in pids} for name, pids in self.groups.items()
-        }
-        self.children = resource.getrusage(resource.RUSAGE_CHILDREN)
-        self.busy = busy_cores_seconds()
-        self.metrics_before = {n: scrape(p) for n, p in self.ports.items()}
-        self.started = self.last_tick = time.monotonic()
-        self.last_used: dict[str, float] = {}
-        self.loadgen_rss_mb = 0.0
-        self.series: list[dict[str, float]] = []
-        self.ticks = 0
-        return super().__enter__()
-
-    def tick(self) -> None:
-        self.ticks += 1
-        # A replica's /metrics costs it ~2 ms of CPU: every 5 s is enough for the pool's
-        # waits, and keeps the sampler's own cost out of the CPU per request it measures.
-        for port in self.ports.values() if self.ticks % 5 == 1 else ():
-            waiting = scrape(port).get("surge_postgres_pool_waiting", 0.0)
-            self.waiting_max = max(self.waiting_max, waiting)
-        # CPU per process every tick: a stall of a second shows, which run totals average away.
-        now = time.monotonic()
-        used = {name: cpu_seconds(pids) for name, pids in self.groups.items()}
-        generators = load_generators()
-        used["loadgen"] = cpu_seconds(generators)
-        self.loadgen_rss_mb = max(self.loadgen_rss_mb, sum(map(rss_mb, generators)))
-        if self.last_used:
-            span = max(now - self.last_tick, 1e-6)
-            point = {"t": round(now - self.started, 1)}
-            point |= {
-                n: round(max(0.0, used[n] - self.last_used.get(n, used[n])) / span, 3) for n in used
-            }
-            self.series.append(point)
-        self.last_used, self.last_tick = used, now
-
-    def __exit__(self, *exc: object) -> None:
-        self.wall = max(time.monotonic() - self.started, 1e-6)
-        super().__exit__(*exc)
-        groups = {**self.groups, **self.rediscover()}
-        self.cpu = {}
-        for name, pids in groups.items():
-            before = self.before.get(name, {})
-            # a process born during the run counts from 0; one that ended is lost (short-lived)
-            used = sum(cpu_seconds([pid]) - before.get(pid, 0.0) for pid in pids)
-            self.cpu[name] = max(0.0, used) / self.wall
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        used = after.ru_utime - self.children.ru_utime + after.ru_stime - self.children.ru_stime
-        self.cpu["loadgen"] = used / self.wall
-        self.cpu["other"] = max(
-            0.0, (busy_cores_seconds() - self.busy) / self.wall - sum(self.cpu.values())
-        )
-        self.store = {"pool_waiting_max": self.waiting_max, "store_errors": 0.0, "lookups": {}}
-        for name, port in self.ports.items():
-            now, before = scrape(port), self.metrics_before.get(name, {})
-            self.store["pool_waiting_max"] = max(
-                self.store["pool_waiting_max"], now.get("surge_postgres_pool_waiting", 0.0)
-            )
-            for key, value in now.items():
-                delta = value - before.get(key, 0.0)
-                if key.startswith("surge_store_errors_total"):
-                    self.store["store_errors"] += delta
-                match = re.match(r'surge_lookups_total\{.*outcome="(\w+)"', key)
-                if match and delta:
-                    lookups = self.store["lookups"]
-                    lookups[match[1]] = lookups.get(match[1], 0.0) + delta
-
-    def attach(self, run: dict[str, Any], loadgen: str) -> dict[str, Any]:
-        cpu = dict(self.cpu)
-        cpu[loadgen] = cpu.pop("loadgen")
-        run["cpu"] = {k: round(v, 3) for k, v in cpu.items()}
-        run["wall_s"] = round(self.wall, 2)
-        run["loadgen_rss_mb_max"] = round(self.loadgen_rss_mb)
-        run["cpu_series"] = [
-            {(loadgen if k == "loadgen" else k): v for k, v in point.items()}
-            for point in self.series
-        ]
-        run["store"] = self.store
-        return run
-
-
-# -- load generators --------------------------------------------------------------------------
-
-
-def k6(
-    script: str,
-    url: str,
-    env: Mapping[str, str],
-    timeout: int,
-    work: Path,
-    replica_ports: Mapping[str, int],
-) -> dict[str, Any]:
-    """One k6 scenario: its summary (failed, percentiles, req/s) and a per-second timeline.
-
-    The timeline is sampled, not taken from k6's per-request output (at 3,000 VUs that output
-    costs k6 a large share of a core on the machine under test): VUs from k6's REST API, req/s
-    and p95 from the replicas' own request counters and latency histograms."""
-    work.mkdir(parents=True, exist_ok=True)
-    summary = work / f"{script}-summary.json"
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    with contextlib.suppress(ValueError, OSError):  # one open file per VU connection
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    api_port = free_port()
-    cmd = [str(K6), "run", "--no-usage-report", "--quiet", "--address", f"127.0.0.1:{api_port}",
-           "--summary-trend-stats", "avg,med,p(95),p(99),max",
-           "--summary-export", str(summary), f"k6/{script}.js"]  # fmt: skip
-    k6_env = {**os.environ, **K6_GO_ENV, "BASE_URL": url, **env}
-    with Timeline(replica_ports, api_port) as line:
-        done = subprocess.run(
-            cmd, cwd=ROOT, env=k6_env, capture_output=True, text=True, timeout=timeout
-        )
-    if done.returncode not in (0, 99):  # 99: a threshold crossed, which the report shows
-        raise RuntimeError(f"k6 {script} exited {done.returncode}:\n{done.stderr[-2000:]}")
-    metrics = json.loads(summary.read_text())["metrics"]
-    duration, reqs = metrics["http_req_duration"], metrics["http_reqs"]
-    failed = metrics.get("http_req_failed", {})
-    run = {
-        "rps": reqs["rate"],
-        "requests": reqs["count"],
-        "errors": failed.get("passes", 0),  # a Rate: "passes" are the failed requests
-        "p50_ms": duration["med"],
-        "p95_ms": duration["p(95)"],
-        "p99_ms": duration["p(99)"],
-        "max_ms": duration["max"],
-        "thresholds_passed": done.returncode == 0,
-    }
-    return {"run": run, "timeline": line.points}
-
-
-def student_histogram(samples: Mapping[str, float]) -> dict[float, float]:
-    """Cumulative counts per upper bound of /students/{id}'s latency histogram, from scrape()."""
-    out: dict[float, float] = {}
-    for key, value in samples.items():
-        if key.startswith("surge_http_request_duration_seconds_bucket{") and (
-            'route="/students/{id}"' in key
-        ):
-            match = re.search(r'le="([^"]+)"', key)
-            if match:
-                le = float(match[1])
-                out[le] = out.get(le, 0.0) + value
-    return out
-
-
-class Timeline(Periodic):
-    """Once a second: k6's VUs (REST API) and the replicas' req/s and p95 (their histograms)."""
-
-    def __init__(self, replica_ports: Mapping[str, int], k6_port: int) -> None:
-        self.ports = dict(replica_ports)
-        self.k6_port = k6_port
-        self.points: list[dict[str, float]] = []
-        self.start = self.previous_t = time.monotonic()
-        self.previous: dict[float, float] | None = None  # the histograms at the last tick
-
-    def _state(self) -> dict[float, float]:
-        total: dict[float, float] = {}
-        for port in self.ports.values():
-            for le, count in student_histogram(scrape(port)).items():
-                total[le] = total.get(le, 0.0) + count
-        return total
-
-    def _vus(self) -> float:
-        try:
-            url = f"http://127.0.0.1:{self.k6_port}/v1/status"
-            with urllib.request.urlopen(url, timeout=0.5) as r:
-                return float(json.load(r)["data"]["attributes"]["vus"])
-        except (OSError, ValueError, KeyError):
-            return 0.0
-
-    def tick(self) -> None:
-        now, state = time.monotonic(), self._state()
-        if self.previous is not None:
-            delta = {le: state.get(le, 0.0) - self.previous.get(le, 0.0) for le in state}
-            count = delta.get(float("inf"), 0.0)
-            self.points.append({
-                "t": round(now - self.start, 1),
-                "rps": count / max(now - self.previous_t, 1e-6),
-                "p95_ms": report_render.histogram_quantile(delta, 0.95) * 1000,
-                "vus": self._vus(),
-            })  # fmt: skip
-        self.previous, self.previous_t = state, now
-
-
-# -- what runs --------------------------------------------------------------------------------
-
-
-class Topology(LauncherTopology):
-    """bench/replicas.py's launcher stack, with one process group per replica and scaling that
-    skips a change to the count it already has."""
-
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(settings)
-        self.env["SURGE_NGINX_ACCESS_LOG"] = "on"  # nginx's own view of each k6 run (tiers)
-        self.replicas = 0
-
-    def scale(self, n: int) -> None:
-        if n != self.replicas:
-            say(f"stack: {n} replica(s) behind nginx at {self.url}")
-            self.launcher("up", SURGE_REPLICAS=str(n))
-            self.replicas = n
-            took = wait_copies(list(self.groups()[1].values()))
-            say(f"stack: the replicas' copies whole after {took:.1f} s")
-
-    def groups(self) -> tuple[dict[str, list[int]], dict[str, int]]:
-        """Pids per process (nginx, api-1..N) and each replica's port."""
-        from stack.launcher import Stack
-
-        launcher = Stack(self.layout, self.env)
-        groups = {
-            name: pids
-            for name, pids in launcher.process_groups().items()
-            if name == "nginx" or name.startswith("api-")
-        }
-        ports = {p.name: p.port for p in launcher.replicas()}
-        return groups, ports
-
-    @property
-    def admission_cap(self) -> int:
-        """Record requests nginx lets into the replicas at once (SURGE_NGINX_MAX_INFLIGHT)."""
-        return int(knobs_from_env(self.env)["SURGE_NGINX_MAX_INFLIGHT"])
-
-    @property
-    def status_url(self) -> str:
-        return f"http://{HOST}:{self.layout.nginx_status_port}/stub_status"
-
-    @property
-    def access_log(self) -> Path:
-        return self.layout.nginx_prefix / "logs" / "access.log"
-
-    def down(self) -> None:
-        try:
-            if self.replicas:
-                self.launcher("down")
-        finally:
-            shutil.rmtree(self.run, ignore_errors=True)
-
-
-class BareTopology:
-    """Replicas of a yardstick app (bench/bare_handler.py, or bench/raw_asgi.py: `app`) behind
-    a second nginx rendered from the same template; their processes named `kind`-1..N."""
-
-    def __init__(
-        self,
-        settings: Settings,
-        replicas: int,
-        prefix: Path,
-        app: str = "bench.bare_handler:create_app",
-        kind: str = "bare",
-    ) -> None:
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        self.kind = kind
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.ports = [free_port() for _ in range(replicas)]
-        for port in self.ports:
-            cmd = granian_command(app, port, settings.stores.redis_pool_size)
-            self.procs.append(
-                subprocess.Popen(
-                    cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-                )
-            )
-        for port in self.ports:
-            wait_for(
-                lambda p=port: answers(p, f"/students/{FIRST_STUDENT_ID}"),
-                timeout=30,
-                what=app,
-            )
-        values = local_values(
-            prefix,
-            port=free_port(),
-            status_port=free_port(),
-            upstream_ports=self.ports,
-            SURGE_RATE_LIMIT="off",
-            SURGE_NGINX_ACCESS_LOG="on",
-        )
-        self.nginx = NginxServer(prefix, values)
-        self.nginx.start()
-        self.url = self.nginx.url
-
-    def groups(self) -> dict[str, list[int]]:
-        groups = {"nginx": with_children(self.nginx.pid)} if self.nginx.pid else {}
-        for i, proc in enumerate(self.procs, 1):
-            groups[f"{self.kind}-{i}"] = with_children(proc.pid)
-        return groups
-
-    def stop(self) -> None:
-        with contextlib.suppress(Exception):
-            self.nginx.stop()
-        stop_children(self.procs)
 
 
 # -- the steps --------------------------------------------------------------------------------

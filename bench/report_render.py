@@ -542,12 +542,7 @@ def why(target: Target, results: Mapping[str, Any]) -> str:
             )
     floor = step.get("floor")
     if target.step == "overload" and target.name.startswith("offered") and floor:
-        cap = runs.get("capacity", {}).get("rps") or 1e-6
-        reasons.append(
-            f"the same wrk against nginx answering a fixed body by itself (the floor, same run) "
-            f"got {offered(floor):,.0f} answers/s, {offered(floor) / cap:.2f}x the capacity: "
-            "the most this machine sends and answers, whatever the server behind nginx"
-        )
+        reasons.append(offered_bound(runs, floor, nproc))
     if target.unit == "µs" and runs.get(STACK_FLOOR, {}).get("requests"):
         reasons.append(stack_floor_share(run, runs[STACK_FLOOR]))
     timeline = step.get("timeline") or []
@@ -567,6 +562,25 @@ def why(target: Target, results: Mapping[str, Any]) -> str:
         mix = ", ".join(f"{k} {v:,.0f}" for k, v in sorted(lookups.items()))
         reasons.append(f"lookups: {mix}")
     return "; ".join(r for r in reasons if r)
+
+
+def offered_bound(runs: Mapping[str, Any], floor: Mapping[str, Any], nproc: int) -> str:
+    """The most load the machine could offer at 3x while serving what it served there: the
+    cores the 200s took (at the capacity phase's cost per answer, everything counted), the rest
+    spent on answers that cost no more than the floor nginx's fixed body (same wrk, same run)."""
+    capacity, over = runs["capacity"], runs["3x capacity"]
+    cap = capacity["rps"] or 1e-6
+    per_answer = sum(capacity.get("cpu", {}).values()) / cap
+    per_floor_answer = sum(floor.get("cpu", {}).values()) / max(offered(floor), 1e-6)
+    spare = max(0.0, nproc - over["rps"] * per_answer)
+    most = over["rps"] + spare / max(per_floor_answer, 1e-9)
+    return (
+        f"the same wrk against nginx answering a fixed body by itself (the floor, same run) got "
+        f"{offered(floor):,.0f} answers/s at {per_floor_answer * 1e6:.0f} µs of CPU each "
+        f"(wrk included); beside the {over['rps']:,.0f} 200/s served at 3x "
+        f"({per_answer * 1e6:.0f} µs each at capacity), the {nproc} cores could send and "
+        f"answer at most {most:,.0f} req/s, {most / cap:.2f}x the capacity"
+    )
 
 
 def stack_floor_share(run: Mapping[str, Any], floor: Mapping[str, Any]) -> str:

@@ -445,7 +445,10 @@ def test_an_offered_load_miss_is_set_against_what_the_floor_answered() -> None:
     results = copy.deepcopy(SAMPLE)
     step = results["steps"]["overload"]
     step["runs"]["3x capacity"].update(requests=9000 * 10)  # 9,000/s offered: 1.29x of 7,000
-    step["floor"] = statuses(15000, 15000)
+    step["runs"]["capacity"]["cpu"] = {"api-1": 0.9, "nginx": 0.6, "wrk": 0.4, "other": 0.05}
+    step["floor"] = statuses(39000, 39000, cpu={"nginx": 1.0, "wrk": 0.95})  # 50 µs each
     offered = by_name(results)[("overload", "offered load / capacity")]
     assert not offered.met
-    assert "got 15,000 answers/s, 2.14x the capacity" in rr.why(offered, results)
+    # 5,000 200/s at 1.95 cores / 7,000 = 279 µs each: 1.39 cores; 0.61 left / 50 µs = 12,143
+    assert "at most 17,143 req/s, 2.45x the capacity" in rr.why(offered, results)
+    assert "39,000 answers/s at 50 µs of CPU each" in rr.why(offered, results)
