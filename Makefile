@@ -43,10 +43,10 @@ test-netns: deps ## The hosts-across-a-network tests (network namespaces, root):
 test-unit: deps ## The tests that need no server (tests/unit), in seconds
 	@$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
 
-lint: deps ## ruff check, ruff format --check, mypy --strict on core, api, seeder, stack, bench/capacity.py
+lint: deps ## ruff check, ruff format --check, mypy --strict on all the Python (product, stack, bench, monitoring)
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/ruff format --check .
-	@$(VENV)/bin/mypy core api seeder stack bench/capacity.py
+	@$(VENV)/bin/mypy core api seeder stack bench monitoring/check_dashboards.py monitoring/grafana/build_dashboards.py
 
 bench: deps ## Benchmark report vs the running stack: docs/benchmarks/report-<date>.md (BENCH_ARGS)
 	@$(PY) -m bench $(BENCH_ARGS)

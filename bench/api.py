@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import urllib.request
+from functools import partial
 from pathlib import Path
 
 import redis
@@ -78,9 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             procs.append(
                 subprocess.Popen(cmd, cwd=ROOT, env={**env, **app_env}, stdout=quiet, stderr=quiet)
             )
-            wait_for(
-                lambda p=port: answers(p, f"/students/{FIRST_STUDENT_ID}"), timeout=30, what=name
-            )
+            wait_for(partial(answers, port, f"/students/{FIRST_STUDENT_ID}"), timeout=30, what=name)
             ports[name] = port
         for port in ports.values():  # warm-up: connections, prepared paths, caches
             random_students(f"http://127.0.0.1:{port}", 2, args.connections, last_id)

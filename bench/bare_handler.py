@@ -25,7 +25,7 @@ def create_app() -> Litestar:
     @get("/students/{student_id:int}")
     async def student(student_id: int) -> Response[bytes]:
         body = await client.hget(*STUDENTS.slot(student_id, version))
-        return Response(body or b"{}", media_type=MediaType.JSON)
+        return Response(body if isinstance(body, bytes) else b"{}", media_type=MediaType.JSON)
 
     @get("/ready")
     async def ready() -> dict[str, str]:  # k6's setup() refuses a target without it

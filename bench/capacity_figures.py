@@ -37,6 +37,7 @@ import os
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -245,7 +246,7 @@ def step(bench: BenchLike) -> dict[str, Any]:
                     cmd, cwd=ROOT, env=app_env, stdout=subprocess.DEVNULL, stderr=err
                 )
         for name, port in ports.items():
-            wait_for(lambda p=port: _answers(p), timeout=30, what=f"{name} replica")
+            wait_for(partial(_answers, port), timeout=30, what=f"{name} replica")
         held = [name for name, count in records.items() if count]
         wait_for(lambda: _warmed(log, held), timeout=WARM_TIMEOUT_S, what="the copy's warm-up")
 
@@ -262,7 +263,7 @@ def step(bench: BenchLike) -> dict[str, Any]:
             paced(name, 1)  # warm-up: connections, pools
             clear()  # the Postgres replica's write-backs: every lookup a miss again
             runs[name] = bench.measured(
-                group(name), {"api-1": ports[name]}, lambda n=name: paced(n, seconds), "wrk"
+                group(name), {"api-1": ports[name]}, partial(paced, name, seconds), "wrk"
             )
         url = f"http://127.0.0.1:{ports['Postgres']}"
         clear()

@@ -31,7 +31,7 @@ def _cpu_model() -> str:
 def machine(settings: Settings) -> list[tuple[str, str]]:
     with psycopg.connect(settings.stores.database_url) as conn:
         pg = {
-            name: conn.execute(f"SHOW {name}").fetchone()[0]
+            name: conn.execute(f"SHOW {name}").fetchall()[0][0]
             for name in (
                 "server_version",
                 "fsync",

@@ -22,7 +22,7 @@ import statistics
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any, Protocol
 
@@ -31,6 +31,7 @@ import redis
 from bench import say
 from bench.report_render import FULL_LOAD
 from bench.resources import Periodic, Probe, Resources, scrape, wait_copies
+from bench.topology import Topology
 from core.contract import LIVE_KEY, MARKER_KEY, STUDENTS
 from core.settings import Settings
 from seeder.generate import FIRST_STUDENT_ID
@@ -46,21 +47,15 @@ MISSES = 1_000
 """Student ids taken out of Redis for the Postgres step: the probe asks for each once."""
 
 
-class Topology(Protocol):
-    url: str
-    status_url: str
-
-    def launcher(self, *args: str, **env: str) -> str: ...
-    def groups(self) -> tuple[dict[str, list[int]], dict[str, int]]: ...
-
-
 class Bench(Protocol):
     """What these steps use of bench/report.py's Bench."""
 
     settings: Settings
-    p: dict[str, Any]
+    p: Mapping[str, Any]
     last_id: int
-    top: Topology
+
+    @property
+    def top(self) -> Topology: ...
 
     def capacity(self) -> dict[str, Any]: ...
     def capacity_connections(self) -> int: ...
@@ -128,7 +123,10 @@ class LiveWatch(Periodic):
             whole = (
                 live is not None
                 and marker is not None
-                and (f'"version":{int(live)}' in marker.decode().replace(" ", ""))
+                and (
+                    f'"version":{int(live)}'
+                    in (marker.decode() if isinstance(marker, bytes) else marker).replace(" ", "")
+                )
             )
         except (redis.RedisError, ValueError):
             pass
@@ -202,7 +200,7 @@ def _joined(thread: threading.Thread, out: dict[str, Any]) -> dict[str, Any]:
 
 
 def _replica_ports(top: Topology) -> list[int]:
-    return sorted(top.groups()[1].values())
+    return sorted(top.processes()[1].values())
 
 
 def _pace(connections: int, rate: float) -> str:
@@ -338,7 +336,7 @@ def postgres_gone(bench: Bench) -> dict[str, Any]:
             client.hdel(*STUDENTS.live_slot(client, sid))
         ports = _replica_ports(bench.top)
         with (
-            Resources(bench.top.groups, bench.settings, bench.top.status_url, 1.0) as res,
+            Resources(bench.top.processes, bench.settings, bench.top.status_url, 1.0) as res,
             MissProbe(bench.top.url, misses) as probe,
         ):
             thread, out = _in_thread(

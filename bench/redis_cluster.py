@@ -24,6 +24,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -208,9 +209,7 @@ def step(bench: BenchLike) -> dict[str, Any]:
                 cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
             )
         for name, port in ports.items():
-            wait_for(
-                lambda p=port: answers(p, f"/students/{last_id}"), timeout=60, what=f"{name} api"
-            )
+            wait_for(partial(answers, port, f"/students/{last_id}"), timeout=60, what=f"{name} api")
         every = [pid for group in pids.values() for pid in group.values()]
         before = {pid: cpu_seconds([pid]) for pid in every}
         time.sleep(IDLE_S)
@@ -232,7 +231,7 @@ def step(bench: BenchLike) -> dict[str, Any]:
                 run = bench.measured(
                     groups,
                     {"api-1": ports[name]},
-                    lambda n=name: random_students(url[n], seconds, conns, last_id),
+                    partial(random_students, url[name], seconds, conns, last_id),
                     "wrk",
                 )
                 say(

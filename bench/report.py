@@ -73,6 +73,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -184,7 +185,7 @@ class Bench:
         return m.attach(run, loadgen)
 
     def surge_wrk(self, script: str = "random_students.lua", *args: int) -> dict[str, Any]:
-        groups, ports = self.top.groups()
+        groups, ports = self.top.processes()
         args = args or (FIRST_STUDENT_ID, self.last_id)
         seconds = self.p["seconds"] if script == "random_students.lua" else 300
         return self.measured(
@@ -280,7 +281,7 @@ class Bench:
         self, script: str, k6_env: Mapping[str, str]
     ) -> tuple[dict[str, Any], list[dict[str, float]]]:
         """One k6 run against surge: its figures, CPU, nginx's view of it, and its timeline."""
-        groups, ports = self.top.groups()
+        groups, ports = self.top.processes()
         timeout, work = self.p["k6_timeout"], self.work / "k6"
         with ClientSeries() as client:
             since = time.time()
@@ -405,7 +406,7 @@ class Bench:
                 )
             for name, port in ports.items():
                 wait_for(
-                    lambda p=port: answers(p, f"/students/{FIRST_STUDENT_ID}"),
+                    partial(answers, port, f"/students/{FIRST_STUDENT_ID}"),
                     timeout=30,
                     what=name,
                 )
@@ -425,8 +426,9 @@ class Bench:
                     run = self.measured(
                         groups,
                         metric_ports,
-                        lambda n=name: random_students(
-                            url[n],
+                        partial(
+                            random_students,
+                            url[name],
                             self.p["seconds"],
                             self.p["connections"],
                             self.last_id,
@@ -468,7 +470,7 @@ class Bench:
         """A measured wrk run of bench/statuses.lua (every answer sorted by status) through nginx;
         5 s before a request counts as timed out: nginx's own read timeout. Its `errors` are the
         answers that are wrong (report_render.improper), not the refusals or expected 4xx."""
-        groups, ports = self.top.groups()
+        groups, ports = self.top.processes()
         run = self.measured(
             groups,
             ports,
@@ -515,7 +517,7 @@ class Bench:
         spans: dict[str, tuple[float, float]] = {}
         probed: dict[str, dict[str, dict[str, float]]] = {}
         with (
-            Resources(self.top.groups, self.settings, self.top.status_url, 0.5) as res,
+            Resources(self.top.processes, self.settings, self.top.status_url, 0.5) as res,
             Probe(self.top.url, self.last_id) as probe,
         ):
             time.sleep(1.0)  # a few samples before the load
@@ -592,7 +594,7 @@ class Bench:
         pace = connections * 1000 / rate
         bookings = self.work / "booking-ids.json"
         write_booking_ids(self.settings, bookings)
-        with Resources(self.top.groups, self.settings, self.top.status_url, 5.0) as res:
+        with Resources(self.top.processes, self.settings, self.top.status_url, 5.0) as res:
             run = self.statuses_wrk(seconds, connections, f"pace={pace:.2f}", f"mix={bookings}")
         baseline = (window, 2 * window)
         final = (seconds - window, seconds + 10)

@@ -526,7 +526,7 @@ def why(target: Target, results: Mapping[str, Any]) -> str:
         "overload": "recovery" if target.name.startswith("recovery") else "3x capacity",
         "soak": "soak",
     }.get(target.step, "cold pass" if "cold pass" in target.name else "second pass")
-    run = runs.get(label) or next(iter(runs.values()), {})
+    run: Mapping[str, Any] = runs.get(label) or next(iter(runs.values()), {})
     reasons = [saturation(run, nproc)]
     if target.step == "fixed" and "bare handler" in runs:
         bare = runs["bare handler"].get("cpu", {})
@@ -589,7 +589,7 @@ def stack_floor_share(run: Mapping[str, Any], floor: Mapping[str, Any]) -> str:
 
     def tier(r: Mapping[str, Any], kinds: tuple[str, ...]) -> float:
         cores = sum(v for k, v in r.get("cpu", {}).items() if process_kind(k) in kinds)
-        return cores * r.get("wall_s", 0.0) / (r.get("requests") or 1) * 1e6
+        return float(cores * r.get("wall_s", 0.0) / (r.get("requests") or 1) * 1e6)
 
     replicas = tier(run, REPLICA_KINDS) - tier(floor, REPLICA_KINDS)
     return (
@@ -986,14 +986,14 @@ def charts(results: Mapping[str, Any], out_dir: Path) -> list[Path]:
 
     cpu_runs = [(label, run["cpu"]) for label, run in _all_runs(results) if run.get("cpu")]
     if cpu_runs:
-        kinds: list[str] = []
+        ordered: list[str] = []
         for _, cpu in cpu_runs:
             for name in cpu:
-                if process_kind(name) not in kinds:
-                    kinds.append(process_kind(name))
+                if process_kind(name) not in ordered:
+                    ordered.append(process_kind(name))
         fig, ax = plt.subplots(figsize=(9, 1.5 + 0.35 * len(cpu_runs)))
         left = [0.0] * len(cpu_runs)
-        for kind in kinds:
+        for kind in ordered:
             values = [
                 sum(v for n, v in cpu.items() if process_kind(n) == kind) for _, cpu in cpu_runs
             ]

@@ -264,10 +264,10 @@ class Probe(Periodic):
         for started, status, seconds in self.answers:
             if since <= started <= until:
                 by_status.setdefault(str(status), []).append(seconds * 1000)
-        out = {}
-        for status, values in sorted(by_status.items()):
+        out: dict[str, dict[str, float]] = {}
+        for answer, values in sorted(by_status.items()):
             values.sort()
-            out[status] = {
+            out[answer] = {
                 "count": len(values),
                 "p50_ms": values[len(values) // 2],
                 "p99_ms": values[min(len(values) - 1, int(0.99 * len(values)))],

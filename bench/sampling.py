@@ -39,7 +39,7 @@ def store_pids(settings: Settings) -> dict[str, list[int]]:
         import psycopg
 
         with psycopg.connect(settings.stores.database_url) as conn:
-            data_dir = conn.execute("SHOW data_directory").fetchone()[0]
+            data_dir = conn.execute("SHOW data_directory").fetchall()[0][0]
         postmaster = int((Path(data_dir) / "postmaster.pid").read_text().split()[0])
         out["postgres"] = with_children(postmaster)
     return out
@@ -122,9 +122,9 @@ class Measure(Periodic):
         groups = {**self.groups, **self.rediscover()}
         self.cpu = {}
         for name, pids in groups.items():
-            before = self.before.get(name, {})
+            started = self.before.get(name, {})
             # a process born during the run counts from 0; one that ended is lost (short-lived)
-            used = sum(cpu_seconds([pid]) - before.get(pid, 0.0) for pid in pids)
+            used = sum(cpu_seconds([pid]) - started.get(pid, 0.0) for pid in pids)
             self.cpu[name] = max(0.0, used) / self.wall
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         used = after.ru_utime - self.children.ru_utime + after.ru_stime - self.children.ru_stime
@@ -132,7 +132,9 @@ class Measure(Periodic):
         self.cpu["other"] = max(
             0.0, (busy_cores_seconds() - self.busy) / self.wall - sum(self.cpu.values())
         )
-        self.store = {"pool_waiting_max": self.waiting_max, "store_errors": 0.0, "lookups": {}}
+        self.store: dict[str, Any] = {
+            "pool_waiting_max": self.waiting_max, "store_errors": 0.0, "lookups": {}
+        }  # fmt: skip
         for name, port in self.ports.items():
             now, before = scrape(port), self.metrics_before.get(name, {})
             self.store["pool_waiting_max"] = max(

@@ -58,11 +58,11 @@ def nginx_view(log: Path, since: float, until: float) -> dict[str, Any]:
         return {}
     start = rows[0][0]
     per_second: dict[int, tuple[list[float], list[float]]] = {}
-    for second, request, upstream in rows:
+    for second, request, upstream_s in rows:
         own, up = per_second.setdefault(second - start, ([], []))
         own.append(request * 1000)
-        if upstream >= 0:
-            up.append(upstream * 1000)
+        if upstream_s >= 0:
+            up.append(upstream_s * 1000)
     series = []
     for t in sorted(per_second):
         own, up = (sorted(v) for v in per_second[t])

@@ -4,6 +4,7 @@ apps (the bare handler, the raw ASGI app) behind a second nginx from the same te
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import subprocess
@@ -42,10 +43,10 @@ class Topology(LauncherTopology):
             say(f"stack: {n} replica(s) behind nginx at {self.url}")
             self.launcher("up", SURGE_REPLICAS=str(n))
             self.replicas = n
-            took = wait_copies(list(self.groups()[1].values()))
+            took = wait_copies(list(self.processes()[1].values()))
             say(f"stack: the replicas' copies whole after {took:.1f} s")
 
-    def groups(self) -> tuple[dict[str, list[int]], dict[str, int]]:
+    def processes(self) -> tuple[dict[str, list[int]], dict[str, int]]:
         """Pids per process (nginx, api-1..N) and each replica's port."""
         from stack.launcher import Stack
 
@@ -104,7 +105,7 @@ class BareTopology:
             )
         for port in self.ports:
             wait_for(
-                lambda p=port: answers(p, f"/students/{FIRST_STUDENT_ID}"),
+                functools.partial(answers, port, f"/students/{FIRST_STUDENT_ID}"),
                 timeout=30,
                 what=app,
             )

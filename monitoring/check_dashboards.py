@@ -270,7 +270,9 @@ class PrometheusError(RuntimeError):
     """Prometheus could not be reached or answered something other than its API's JSON."""
 
 
-def _api(prometheus_url: str, path: str, params: Mapping[str, str], timeout: float) -> dict:
+def _api(
+    prometheus_url: str, path: str, params: Mapping[str, str], timeout: float
+) -> dict[str, Any]:
     data = urllib.parse.urlencode(params).encode()
     request = urllib.request.Request(f"{prometheus_url.rstrip('/')}{path}", data=data)
     try:
