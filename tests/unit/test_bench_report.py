@@ -452,3 +452,10 @@ def test_an_offered_load_miss_is_set_against_what_the_floor_answered() -> None:
     # 5,000 200/s at 1.95 cores / 7,000 = 279 µs each: 1.39 cores; 0.61 left / 50 µs = 12,143
     assert "at most 17,143 req/s, 2.45x the capacity" in rr.why(offered, results)
     assert "39,000 answers/s at 50 µs of CPU each" in rr.why(offered, results)
+    # the machine could not offer 3x (17,143 < 21,000): a figure, and the bench does not fail
+    assert offered.figure_only
+    missed = {(t.step, t.name) for t in rr.missed_assertions(results)}
+    assert ("overload", "offered load / capacity") not in missed
+    # a floor that could have offered it keeps the assertion
+    step["floor"] = statuses(150000, 150000, cpu={"nginx": 1.0, "wrk": 0.95})
+    assert not by_name(results)[("overload", "offered load / capacity")].figure_only
