@@ -22,12 +22,12 @@ import orjson
 import psycopg
 import redis.asyncio as aioredis
 from psycopg_pool import AsyncConnectionPool, PoolTimeout, TooManyRequests
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.observability.attributes import DB_CLIENT_CONNECTION_STATE, ConnectionState
-from redis.asyncio.retry import Retry
 
 from api.errors import ServiceUnavailable
 from api.local_cache import LocalCache
@@ -726,7 +726,9 @@ def _redis_client(stores: StoreSettings, connections: int, timeout: float) -> Re
         return aioredis.RedisCluster.from_url(
             stores.redis_url, retry=Retry(NoBackoff(), 0), **options
         )
-    retry = Retry(NoBackoff(), DEAD_CONNECTION_RETRIES, supported_errors=DEAD_CONNECTION)
+    # Typed for RedisError subclasses only; uvloop's RuntimeError is caught the same way.
+    dead = cast("tuple[type[RedisError], ...]", DEAD_CONNECTION)
+    retry = Retry(NoBackoff(), DEAD_CONNECTION_RETRIES, supported_errors=dead)
     return aioredis.Redis(
         connection_pool=aioredis.ConnectionPool.from_url(stores.redis_url, retry=retry, **options)
     )
