@@ -79,7 +79,7 @@ from typing import Any
 
 import redis
 
-from bench import capacity_figures, recovery, redis_cluster, report_render, tiers
+from bench import capacity_figures, netns_ramp, recovery, redis_cluster, report_render, tiers
 from bench.api import APPS as DIRECT_APPS
 from bench.api import answers
 from bench.client_series import ClientSeries
@@ -811,6 +811,9 @@ class Bench:
     def redis_cluster(self) -> dict[str, Any]:
         return redis_cluster.step(self)
 
+    def netns_ramp(self) -> dict[str, Any]:
+        return netns_ramp.step(self)
+
     # -- reliability: asserted, not only reported ---------------------------------------------
 
     def statuses_wrk(
@@ -1013,8 +1016,8 @@ def reseed(client: redis.Redis, settings: Settings) -> None:
 # -- main -------------------------------------------------------------------------------------
 
 
-OWN_REDIS = {"redis_cluster"}
-"""Steps that start and seed Redis servers of their own: they need only make up's Postgres."""
+OWN_REDIS = {"redis_cluster", "netns_ramp"}
+"""Steps that start and seed Redis servers of their own: they need at most make up's Postgres."""
 
 
 def check_seeded(settings: Settings, last_id: int) -> None:
