@@ -121,6 +121,14 @@ SAMPLE: dict[str, Any] = {
                 },
             },
         },
+        "netns_ramp": {
+            "runs": {
+                "surge": run(1500, 3, 6, 12, wall_s=60,
+                             cpu={"nginx": 0.2, "api-1": 0.4, "api-2": 0.4, "netdelay": 0.3,
+                                  "k6": 0.3}),
+                "floor": run(1500, 2, 4, 8, wall_s=60, cpu={"nginx": 0.1, "k6": 0.3}),
+            },
+        },
         "overload": {
             "runs": {
                 "capacity": statuses(7000, 7000),
@@ -424,3 +432,13 @@ def test_cpu_chart_stacks_each_kind_of_process_once(tmp_path: Path) -> None:
         plt.Axes.barh = original  # type: ignore[method-assign]
     assert sorted(seen) == sorted(set(seen))
     assert {"api", "bare", "nginx", "k6"} <= set(seen)
+
+
+def test_netns_ramp_asserts_no_failed_request_on_surge_only() -> None:
+    floor_failed = {"runs": {"surge": run(1500, 3, 6, 12), "floor": run(1500, 2, 4, 8, errors=3)}}
+    assert rr.missed_assertions({"steps": {"netns_ramp": floor_failed}}) == []
+    surge_failed = {"runs": {"surge": run(1500, 3, 6, 12, errors=1), "floor": run(1500, 2, 4, 8)}}
+    missed = rr.missed_assertions({"steps": {"netns_ramp": surge_failed}})
+    assert [(t.step, t.name, t.measured) for t in missed] == [
+        ("netns_ramp", "surge: failed requests", 1)
+    ]
