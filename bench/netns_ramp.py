@@ -35,7 +35,7 @@ from bench.resources import MeasuringBench as BenchLike
 from seeder.generate import FIRST_STUDENT_ID
 from stack.netns import SurgeNet
 from stack.nginx import nginx_binary
-from stack.servers import wait_for
+from stack.servers import child_pids, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 NETNS_STUDENTS, NETNS_BOOKINGS = 100_000, 50_000
@@ -193,7 +193,8 @@ def _run(
             return out | ({"netdelay": delays} if delays else {})
 
         with floor_on_edge(top, work) as (floor_url, floor_proc):
-            with Measure({"nginx": [floor_proc.pid], "netdelay": delays}, {}) as m:
+            floor_pids = [floor_proc.pid, *sorted(child_pids(floor_proc.pid))]  # its worker
+            with Measure({"nginx": floor_pids, "netdelay": delays}, {}) as m:
                 run = k6_from_client(top, floor_url, env, timeout, k6_work)
             runs["floor"] = m.attach(run, "k6")
         say(f"netns_ramp floor: {_line(runs['floor'])}")
@@ -218,7 +219,8 @@ def _run(
         "how": f"`k6 run k6/{SCRIPT}.js` ({shape}, SURGE_STUDENTS={NETNS_STUDENTS:,}) from a "
         "client host, across network namespaces on one bridge (stack/netns.py's SurgeNet): "
         "nginx on `edge`, one Granian replica each on `api1` and `api2` with its own copy of the "
-        "records on (the whole dataset, as in production), Redis and Postgres on hosts of their "
+        "records on (the whole dataset, as in production; nginx sends api2 only what exceeds "
+        "api1's in-flight cap, stack/nginx.py's SPILL_AT), Redis and Postgres on hosts of their "
         f"own, every host's packets delayed 500 µs on the way out ({delay}); TCP connect "
         + ", ".join(f"{k} {v:.2f} ms" for k, v in rtt.items())
         + f". Stores of its own, seeded over the bridge ({NETNS_STUDENTS:,} students, "
