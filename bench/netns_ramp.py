@@ -33,13 +33,13 @@ import httpx
 from bench.floor import _PADDING, CONF
 from bench.resources import MeasuringBench as BenchLike
 from seeder.generate import FIRST_STUDENT_ID
-from stack.netns import SurgeNet
+from stack.netns import API_PORT, HTTP_PORT, REDIS_PORT, SurgeNet
 from stack.nginx import nginx_binary
 from stack.servers import child_pids, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 NETNS_STUDENTS, NETNS_BOOKINGS = 100_000, 50_000
-"""Seeded over the bridge into the step's own stores in ~half a minute; each replica's copy
+"""Seeded over the bridge into the step's own stores in under half a minute; each replica's copy
 holds all of it, as a production replica holds its dataset."""
 FLOOR_PORT = 8090
 SCRIPT = "reference-ramp"
@@ -164,13 +164,13 @@ def step(bench: BenchLike) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="surge-bench-netns-"))
     work.chmod(0o755)
     try:
-        return _run(bench, work, env, ramp_env, timeout)
+        return _run(work, env, ramp_env, timeout)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
 def _run(
-    bench: BenchLike, work: Path, env: Mapping[str, str], ramp_env: Mapping[str, str], timeout: int
+    work: Path, env: Mapping[str, str], ramp_env: Mapping[str, str], timeout: int
 ) -> dict[str, Any]:
     from bench.report import Measure  # bench.report imports this module
 
@@ -209,9 +209,9 @@ def _run(
         }
         say(f"netns_ramp surge: {_line(surge)}")
         rtt = {
-            "client-edge": top.net.connect_ms("client", "edge", 8080),
-            "edge-api1": top.net.connect_ms("edge", "api1", 8000),
-            "api1-redis": top.net.connect_ms("api1", "redis", 6379),
+            "client-edge": top.net.connect_ms("client", "edge", HTTP_PORT),
+            "edge-api1": top.net.connect_ms("edge", "api1", API_PORT),
+            "api1-redis": top.net.connect_ms("api1", "redis", REDIS_PORT),
         }
         delay = top.net.delay
     shape = ", ".join(f"{k}={v}" for k, v in ramp_env.items()) or "the script's default stages"
