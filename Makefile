@@ -34,10 +34,10 @@ status: ## Show what `make up` started and whether it answers
 seed: deps ## (Re)seed the running stores; SEED_ARGS passes options to the seeder
 	@$(VENV)/bin/surge-seed $(SEED_ARGS)
 
-test: deps ## Every test: unit, integration (real Postgres, Redis) and e2e (the local stack)
-	@$(VENV)/bin/pytest -m "not netns" $(PYTEST_ARGS)
+test: deps ## Every test: unit, integration (real Postgres, Redis), e2e (the local stack, namespaces)
+	@$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-test-netns: deps ## The hosts-across-a-network tests (network namespaces, root): not yet in `make test`
+test-netns: deps ## Only the hosts-across-a-network tests (network namespaces, root), ~25 s
 	@$(VENV)/bin/pytest -m netns $(PYTEST_ARGS)
 
 test-unit: deps ## The tests that need no server (tests/unit), in seconds

@@ -22,11 +22,12 @@ import orjson
 import psycopg
 import redis.asyncio as aioredis
 from psycopg_pool import AsyncConnectionPool, PoolTimeout, TooManyRequests
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.observability.attributes import DB_CLIENT_CONNECTION_STATE, ConnectionState
-from redis.retry import Retry
 
 from api.errors import ServiceUnavailable
 from api.local_cache import LocalCache
@@ -65,6 +66,14 @@ STANDBY_FAULTS = (*POSTGRES_FAULTS, TimeoutError)
 # amplifier (docs/reliability.md, "Faults under load"). So a timeout falls back for its own
 # request only; the circuit opens on faults that are certainly Redis's (refused, reset, errors).
 REDIS_TIMEOUTS = (RedisTimeoutError, TimeoutError)
+# A pooled Redis connection whose socket the kernel closed (TCP_USER_TIMEOUT or keepalive on a
+# partition) still looks open to redis-py until used. After a replica's link returns, every
+# such connection failed one lookup, which then needed Postgres, whose pool was still
+# reconnecting: 503s from a replica whose stores both answered again (measured). So a call that
+# meets a dead connection (reset, closed: never a timeout) goes once more on a new connection,
+# ~1 round trip; a silent Redis is not retried (its timeout is not in DEAD_CONNECTION).
+DEAD_CONNECTION = (RedisConnectionError, RuntimeError)
+DEAD_CONNECTION_RETRIES = 1
 # Seconds before a warm-up of the replica's copy that Redis interrupted goes again, and how long
 # one of its pipelines may take.
 WARM_RETRY_S = 1.0
@@ -705,18 +714,23 @@ async def _select(
 
 
 def _redis_client(stores: StoreSettings, connections: int, timeout: float) -> RedisClient:
-    """A client of the Redis (or Redis Cluster) the settings name, that never retries."""
+    """A client of the Redis (or Redis Cluster) the settings name: a call that found its pooled
+    connection dead goes once more on a fresh one (one Redis only); nothing else is retried."""
     options: dict[str, Any] = {
         "max_connections": connections,
         "socket_timeout": timeout,
         "socket_connect_timeout": stores.redis_timeout,
-        "retry": Retry(NoBackoff(), 0),
         **REDIS_SOCKET_OPTIONS,
     }
     if stores.cluster:
-        return aioredis.RedisCluster.from_url(stores.redis_url, **options)
+        return aioredis.RedisCluster.from_url(
+            stores.redis_url, retry=Retry(NoBackoff(), 0), **options
+        )
+    # Typed for RedisError subclasses only; uvloop's RuntimeError is caught the same way.
+    dead = cast("tuple[type[RedisError], ...]", DEAD_CONNECTION)
+    retry = Retry(NoBackoff(), DEAD_CONNECTION_RETRIES, supported_errors=dead)
     return aioredis.Redis(
-        connection_pool=aioredis.ConnectionPool.from_url(stores.redis_url, **options)
+        connection_pool=aioredis.ConnectionPool.from_url(stores.redis_url, retry=retry, **options)
     )
 
 

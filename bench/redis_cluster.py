@@ -35,6 +35,7 @@ from bench import say
 from bench.api import answers
 from bench.replicas import cpu_seconds
 from bench.resources import MeasuringBench as BenchLike
+from bench.sampling import median_run
 from bench.wrk import random_students
 from core.contract import BOOKINGS, STUDENTS
 from core.settings import Settings
@@ -240,8 +241,6 @@ def step(bench: BenchLike) -> dict[str, Any]:
                 )
                 runs[name].append(run)
         commands = {SINGLE: commandstats([single]), CLUSTER: commandstats(cluster.nodes)}
-    from bench.report import median_run  # bench.report imports this module
-
     return {
         "how": f"A single redis-server and a Redis Cluster of {MASTERS} masters with a replica "
         "each, started on free loopback ports for this step, each filled by the seeder from the "

@@ -32,6 +32,11 @@ Steps (`--only NAME[,NAME]`), each bounded in time, configurations compared in t
             the step, both seeded from Postgres (bench/redis_cluster.py); one replica with its
             copy off against each, wrk straight to it, rounds alternating: req/s, p50/p99, CPU
             per request of the replica and of Redis, cluster / single. Figures, not asserted.
+  netns_ramp
+            the reference ramp across hosts ~1 ms apart (network namespaces, stack/netns.py):
+            k6 on a client host, nginx, two replicas, Redis and Postgres on theirs, seeded for
+            the step; beside the floor nginx on the edge host (bench/netns_ramp.py). Asserted:
+            0 failed requests on surge.
   overload  wrk with bench/statuses.lua through nginx: at capacity (as many connections as nginx
             admits at once, SURGE_NGINX_MAX_INFLIGHT), at three times as many, then at capacity
             again, and the 3x wrk against the floor nginx (the most the machine can send and
@@ -79,7 +84,7 @@ from typing import Any
 
 import redis
 
-from bench import capacity_figures, recovery, redis_cluster, report_render, say, tiers
+from bench import capacity_figures, netns_ramp, recovery, redis_cluster, report_render, say, tiers
 from bench.api import APPS as DIRECT_APPS
 from bench.api import answers
 from bench.client_series import ClientSeries
@@ -87,7 +92,7 @@ from bench.floor import Floor
 from bench.k6 import K6, K6_GO_ENV, k6
 from bench.machine import machine
 from bench.resources import Probe, Resources
-from bench.sampling import Measure, store_pids, with_children
+from bench.sampling import Measure, median_run, store_pids, with_children
 from bench.topology import BareTopology, Topology
 from bench.wrk import random_students, wrk
 from core.contract import LIVE_KEY, STUDENTS, parse_version
@@ -457,6 +462,9 @@ class Bench:
     def redis_cluster(self) -> dict[str, Any]:
         return redis_cluster.step(self)
 
+    def netns_ramp(self) -> dict[str, Any]:
+        return netns_ramp.step(self)
+
     # -- reliability: asserted, not only reported ---------------------------------------------
 
     def statuses_wrk(
@@ -623,16 +631,6 @@ class Bench:
         }
 
 
-def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The round with the median req/s (its latencies and CPU belong to it), plus every round."""
-    ordered = sorted(runs, key=lambda r: r["rps"])
-    out = dict(ordered[len(ordered) // 2])
-    out["errors"] = sum(r["errors"] for r in runs)
-    if len(runs) > 1:
-        out["rounds_rps"] = [round(r["rps"]) for r in runs]
-    return out
-
-
 def write_booking_ids(settings: Settings, path: Path, count: int = 5_000) -> None:
     """Real booking ids for the soak's mix, written by k6/export_ids.py as for the k6 scripts."""
     subprocess.run(
@@ -679,8 +677,8 @@ def reseed(client: redis.Redis, settings: Settings) -> None:
 # -- main -------------------------------------------------------------------------------------
 
 
-OWN_REDIS = {"redis_cluster"}
-"""Steps that start and seed Redis servers of their own: they need only make up's Postgres."""
+OWN_REDIS = {"redis_cluster", "netns_ramp"}
+"""Steps that start and seed Redis servers of their own: they need at most make up's Postgres."""
 
 
 def check_seeded(settings: Settings, last_id: int) -> None:

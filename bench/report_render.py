@@ -18,7 +18,8 @@ from typing import Any
 
 STEPS = (
     "fixed", "ramp", "spike", "results_day", "cold", "replicas", "metrics", "capacity_figures",
-    "redis_cluster", "overload", "redis_empty", "postgres_gone", "unknown_flood", "soak",
+    "redis_cluster", "netns_ramp", "overload", "redis_empty", "postgres_gone", "unknown_flood",
+    "soak",
 )  # fmt: skip
 TITLES = {
     "fixed": "Fixed concurrency: surge vs the bare handler, through nginx",
@@ -30,13 +31,14 @@ TITLES = {
     "metrics": "Metrics on vs off (one replica, no nginx)",
     "capacity_figures": "Capacity figures: each lookup path alone, bytes per record",
     "redis_cluster": "One Redis vs a Redis Cluster (one replica, its copy off, no nginx)",
+    "netns_ramp": "The reference ramp across a network: hosts ~1 ms apart (k6, namespaces)",
     "overload": "Three times capacity: refused fast, bounded, recovered",
     "redis_empty": "Redis emptied at half capacity: refilled, nothing failed",
     "postgres_gone": "Postgres gone for a minute at half capacity",
     "unknown_flood": "A flood of distinct unknown ids at full capacity",
     "soak": "Soak at half capacity: does anything grow?",
 }
-ASSERTED = ("overload", "redis_empty", "postgres_gone", "unknown_flood", "soak")
+ASSERTED = ("netns_ramp", "overload", "redis_empty", "postgres_gone", "unknown_flood", "soak")
 """Steps whose targets are assertions: a miss makes `make bench` exit non-zero. The
 others are performance figures of a shared machine: reported met or missed, never failing."""
 OVERLOAD_REFUSAL_P99_MS = 250.0
@@ -181,6 +183,7 @@ def targets(results: Mapping[str, Any]) -> list[Target]:
         cost = 1 - metrics["metrics on"]["rps"] / metrics["metrics off"]["rps"]
         out.append(Target("metrics", "req/s cost of metrics", cost, METRICS_MAX_COST, False, "%"))
     out += cluster_targets(steps.get("redis_cluster", {}))
+    out += netns_targets(steps.get("netns_ramp", {}))
     nproc = int(results.get("meta", {}).get("nproc", 1))
     out += overload_targets(steps.get("overload", {}), nproc)
     out += recovery_targets(steps)
@@ -202,6 +205,16 @@ def cluster_targets(step: Mapping[str, Any]) -> list[Target]:
                    False, "lookups"),
         ]  # fmt: skip
     return out
+
+
+def netns_targets(step: Mapping[str, Any]) -> list[Target]:
+    """netns_ramp: no failed request on surge across the network (the floor is its figure)."""
+    run = step.get("runs", {}).get("surge")
+    return (
+        [Target("netns_ramp", "surge: failed requests", run["errors"], 0, False, "failed")]
+        if run
+        else []
+    )
 
 
 def cluster_kind(process: str) -> str:

@@ -161,3 +161,13 @@ class Measure(Periodic):
         ]
         run["store"] = self.store
         return run
+
+
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The round with the median req/s (its latencies and CPU belong to it), plus every round."""
+    ordered = sorted(runs, key=lambda r: r["rps"])
+    out = dict(ordered[len(ordered) // 2])
+    out["errors"] = sum(r["errors"] for r in runs)
+    if len(runs) > 1:
+        out["rounds_rps"] = [round(r["rps"]) for r in runs]
+    return out

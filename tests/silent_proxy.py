@@ -39,15 +39,16 @@ class SilentProxy:
     def resume(self) -> None:
         self._flowing.set()
 
-    def reset(self) -> None:
+    def reset(self) -> int:
         """Reset every connection made so far (an RST, as a peer that restarted behind a
-        partition answers); new ones are served as before."""
+        partition answers); new ones are served as before. How many were reset."""
         with self._lock:
             clients, self._clients = self._clients, []
         for client in clients:
             with contextlib.suppress(OSError):
                 client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 client.close()
+        return len(clients)
 
     def close(self) -> None:
         self._closed.set()

@@ -342,3 +342,45 @@ def test_redis_connections_reset_while_idle_cost_no_request(
     assert statuses == {200: 2 * len(ids)}, (statuses, errors[:3])
     assert ready.status_code == 200, ready.text
     assert errors == [], errors[:3]
+
+
+def test_a_pooled_redis_connection_found_dead_is_retried_on_a_fresh_one(
+    settings, seeded, redis_server, server_dir
+):
+    """Every pooled Redis connection of a replica reset while idle: each next lookup that takes
+    one goes once more on a fresh connection, so none falls back to Postgres for a dead one
+    (each once did: after a partition, while the Postgres pool was still reconnecting, those
+    lookups answered 503). Redis timeouts through the proxy may still fall back: not asserted."""
+    log = server_dir / "replica.log"
+    with (
+        SilentProxy(redis_server.port) as proxy,
+        granian_replica(settings, f"redis://127.0.0.1:{proxy.port}/0", log) as url,
+    ):
+        paths = [f"/students/{i}" for i in range(10_000, 10_000 + RESET_CLIENTS * 10)]
+        with concurrent.futures.ThreadPoolExecutor(RESET_CLIENTS) as pool:
+            # Concurrent, so that the replica's pool holds many connections.
+            list(pool.map(lambda p: httpx.get(url + p, timeout=10).status_code, paths))
+            marker = len(log.read_text())
+            dead = proxy.reset()
+            time.sleep(0.2)  # the resets reach the replica's idle sockets
+            before = _outcomes(url)
+            statuses = collections.Counter(
+                pool.map(lambda p: httpx.get(url + p, timeout=10).status_code, paths)
+            )
+        after = _outcomes(url)
+    failed = [line for line in log.read_text()[marker:].splitlines() if "redis read failed" in line]
+    assert dead >= RESET_CLIENTS // 2, f"only {dead} pooled connections to reset"
+    assert statuses == {200: len(paths)}, statuses
+    assert [line for line in failed if "TimeoutError" not in line] == [], failed[:3]
+    assert after["redis_hit"] > before["redis_hit"], (before, after)
+
+
+def _outcomes(url: str) -> collections.Counter[str]:
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    out: collections.Counter[str] = collections.Counter()
+    for outcome, value in OUTCOME_LINE.findall(text):
+        out[outcome] += int(float(value))
+    return out
+
+
+OUTCOME_LINE = re.compile(r'^surge_lookups_total\{[^}]*outcome="(\w+)"[^}]*\} (\S+)$', re.M)

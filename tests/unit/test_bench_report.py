@@ -121,6 +121,14 @@ SAMPLE: dict[str, Any] = {
                 },
             },
         },
+        "netns_ramp": {
+            "runs": {
+                "surge": run(1500, 3, 6, 12, wall_s=60,
+                             cpu={"nginx": 0.2, "api-1": 0.4, "api-2": 0.4, "netdelay": 0.3,
+                                  "k6": 0.3}),
+                "floor": run(1500, 2, 4, 8, wall_s=60, cpu={"nginx": 0.1, "k6": 0.3}),
+            },
+        },
         "overload": {
             "runs": {
                 "capacity": statuses(7000, 7000),
@@ -459,3 +467,13 @@ def test_an_offered_load_miss_is_set_against_what_the_floor_answered() -> None:
     # a floor that could have offered it keeps the assertion
     step["floor"] = statuses(150000, 150000, cpu={"nginx": 1.0, "wrk": 0.95})
     assert not by_name(results)[("overload", "offered load / capacity")].figure_only
+
+
+def test_netns_ramp_asserts_no_failed_request_on_surge_only() -> None:
+    floor_failed = {"runs": {"surge": run(1500, 3, 6, 12), "floor": run(1500, 2, 4, 8, errors=3)}}
+    assert rr.missed_assertions({"steps": {"netns_ramp": floor_failed}}) == []
+    surge_failed = {"runs": {"surge": run(1500, 3, 6, 12, errors=1), "floor": run(1500, 2, 4, 8)}}
+    missed = rr.missed_assertions({"steps": {"netns_ramp": surge_failed}})
+    assert [(t.step, t.name, t.measured) for t in missed] == [
+        ("netns_ramp", "surge: failed requests", 1)
+    ]
