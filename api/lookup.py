@@ -66,12 +66,9 @@ STANDBY_FAULTS = (*POSTGRES_FAULTS, TimeoutError)
 # amplifier (docs/reliability.md, "Faults under load"). So a timeout falls back for its own
 # request only; the circuit opens on faults that are certainly Redis's (refused, reset, errors).
 REDIS_TIMEOUTS = (RedisTimeoutError, TimeoutError)
-# A pooled Redis connection whose socket the kernel closed (TCP_USER_TIMEOUT or keepalive on a
-# partition) still looks open to redis-py until used. After a replica's link returns, every
-# such connection failed one lookup, which then needed Postgres, whose pool was still
-# reconnecting: 503s from a replica whose stores both answered again (measured). So a call that
-# meets a dead connection (reset, closed: never a timeout) goes once more on a new connection,
-# ~1 round trip; a silent Redis is not retried (its timeout is not in DEAD_CONNECTION).
+# A pooled connection the kernel closed during a partition looks open until used: a call that
+# meets one (reset, closed; never a timeout) goes once more on a new connection, instead of
+# falling back to a Postgres still reconnecting (docs/reliability.md, "Across a real network").
 DEAD_CONNECTION = (RedisConnectionError, RuntimeError)
 DEAD_CONNECTION_RETRIES = 1
 # Seconds before a warm-up of the replica's copy that Redis interrupted goes again, and how long
@@ -231,8 +228,8 @@ class Lookup:
         self.postgres = self._pool(stores.database_url, "surge", checked=True)
         # Misses go to the standby while it answers and keeps up. Its connections are not
         # checked when taken: a dead standby then fails the query itself at once and the
-        # request reads the primary, where a check made psycopg_pool
-        # retry with a 1 s backoff and the lookup wait out SURGE_PG_WAIT_TIMEOUT (0.5 s) first.
+        # request reads the primary, where a check made psycopg_pool retry with a 1 s backoff
+        # and the lookup wait out SURGE_PG_WAIT_TIMEOUT (0.5 s) first.
         self.standby = (
             self._pool(stores.standby_url, "surge-standby", checked=False)
             if stores.standby_url
