@@ -11,7 +11,7 @@ import resource
 import subprocess
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,26 +54,45 @@ def k6(
     The timeline is sampled, not taken from k6's per-request output (at 3,000 VUs that output
     costs k6 a large share of a core on the machine under test): VUs from k6's REST API, req/s
     and p95 from the replicas' own request counters and latency histograms."""
+    api_port = free_port()
+    with Timeline(replica_ports, api_port) as line:
+        run = k6_run(
+            script, url, {**os.environ, **env}, timeout, work,
+            k6_args=("--address", f"127.0.0.1:{api_port}"),
+        )  # fmt: skip
+    return {"run": run, "timeline": line.points}
+
+
+def k6_run(
+    script: str,
+    url: str,
+    env: Mapping[str, str],
+    timeout: int,
+    work: Path,
+    *,
+    prefix: Sequence[str] = (),
+    k6_args: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Run k6/<script>.js against url with env (the whole environment, plus K6_GO_ENV),
+    under `prefix` (e.g. `ip netns exec HOST`): the figures of its summary."""
     work.mkdir(parents=True, exist_ok=True)
-    summary = work / f"{script}-summary.json"
+    summary = work / f"{script}-{len(list(work.glob('*-summary.json')))}-summary.json"
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     with contextlib.suppress(ValueError, OSError):  # one open file per VU connection
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    api_port = free_port()
-    cmd = [str(K6), "run", "--no-usage-report", "--quiet", "--address", f"127.0.0.1:{api_port}",
+    cmd = [*prefix, str(K6), "run", "--no-usage-report", "--quiet", *k6_args,
            "--summary-trend-stats", "avg,med,p(95),p(99),max",
            "--summary-export", str(summary), f"k6/{script}.js"]  # fmt: skip
-    k6_env = {**os.environ, **K6_GO_ENV, "BASE_URL": url, **env}
-    with Timeline(replica_ports, api_port) as line:
-        done = subprocess.run(
-            cmd, cwd=ROOT, env=k6_env, capture_output=True, text=True, timeout=timeout
-        )
+    k6_env = {**env, **K6_GO_ENV, "BASE_URL": url}
+    done = subprocess.run(
+        cmd, cwd=ROOT, env=k6_env, capture_output=True, text=True, timeout=timeout
+    )
     if done.returncode not in (0, 99):  # 99: a threshold crossed, which the report shows
         raise RuntimeError(f"k6 {script} exited {done.returncode}:\n{done.stderr[-2000:]}")
     metrics = json.loads(summary.read_text())["metrics"]
     duration, reqs = metrics["http_req_duration"], metrics["http_reqs"]
     failed = metrics.get("http_req_failed", {})
-    run = {
+    return {
         "rps": reqs["rate"],
         "requests": reqs["count"],
         "errors": failed.get("passes", 0),  # a Rate: "passes" are the failed requests
@@ -83,7 +102,6 @@ def k6(
         "max_ms": duration["max"],
         "thresholds_passed": done.returncode == 0,
     }
-    return {"run": run, "timeline": line.points}
 
 
 def student_histogram(samples: Mapping[str, float]) -> dict[float, float]:

@@ -17,9 +17,7 @@ delays (stack/netdelay.py, where the kernel has no netem) and k6.
 from __future__ import annotations
 
 import contextlib
-import json
 import re
-import resource
 import shutil
 import subprocess
 import tempfile
@@ -32,7 +30,7 @@ import httpx
 
 from bench import say
 from bench.floor import CONF, PADDING
-from bench.k6 import K6, K6_GO_ENV
+from bench.k6 import K6, k6_run
 from bench.resources import MeasuringBench as BenchLike
 from bench.sampling import Measure
 from seeder.generate import FIRST_STUDENT_ID
@@ -120,30 +118,8 @@ def k6_from_client(
     top: SurgeNet, url: str, env: Mapping[str, str], timeout: int, work: Path
 ) -> dict[str, Any]:
     """One k6 run of the reference ramp on the client host: its summary's figures."""
-    summary = work / f"{SCRIPT}-{len(list(work.glob('*-summary*.json')))}-summary.json"
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    with contextlib.suppress(ValueError, OSError):  # one open file per VU connection
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    cmd = [*top.net["client"].prefix, str(K6), "run", "--no-usage-report", "--quiet",
-           "--summary-trend-stats", "avg,med,p(95),p(99),max",
-           "--summary-export", str(summary), f"k6/{SCRIPT}.js"]  # fmt: skip
-    k6_env = {**top.surge_env(), **K6_GO_ENV, "BASE_URL": url, **env}
-    done = subprocess.run(cmd, cwd=ROOT, env=k6_env, capture_output=True, text=True,
-                          timeout=timeout)  # fmt: skip
-    if done.returncode not in (0, 99):  # 99: a threshold crossed, which the report shows
-        raise RuntimeError(f"k6 {SCRIPT} exited {done.returncode}:\n{done.stderr[-2000:]}")
-    metrics = json.loads(summary.read_text())["metrics"]
-    duration, reqs = metrics["http_req_duration"], metrics["http_reqs"]
-    return {
-        "rps": reqs["rate"],
-        "requests": reqs["count"],
-        "errors": metrics.get("http_req_failed", {}).get("passes", 0),  # failed requests
-        "p50_ms": duration["med"],
-        "p95_ms": duration["p(95)"],
-        "p99_ms": duration["p(99)"],
-        "max_ms": duration["max"],
-        "thresholds_passed": done.returncode == 0,
-    }
+    prefix = top.net["client"].prefix
+    return k6_run(SCRIPT, url, {**top.surge_env(), **env}, timeout, work, prefix=prefix)
 
 
 def step(bench: BenchLike) -> dict[str, Any]:

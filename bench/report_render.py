@@ -291,7 +291,7 @@ def overload_targets(step: Mapping[str, Any], nproc: int) -> list[Target]:
     # Asserted where the machine can offer it: the floor run of the same step shows whether
     # the cores left beside the served 200s could send and answer three times the capacity.
     floor = step.get("floor")
-    bounded = floor is not None and offered_most(runs, floor, nproc) < 3.0 * cap
+    bounded = floor is not None and offered_most(runs, floor, nproc)[0] < 3.0 * cap
     out = [
         Target("overload", "offered load / capacity", offered(over) / cap, 3.0, True, "x",
                figure_only=bounded),
@@ -583,23 +583,24 @@ def why(target: Target, results: Mapping[str, Any]) -> str:
     return "; ".join(r for r in reasons if r)
 
 
-def offered_most(runs: Mapping[str, Any], floor: Mapping[str, Any], nproc: int) -> float:
+def offered_most(
+    runs: Mapping[str, Any], floor: Mapping[str, Any], nproc: int
+) -> tuple[float, float, float]:
     """The most load (req/s) the machine could offer at 3x while serving what it served there:
     the cores the 200s took (at the capacity phase's cost per answer, everything counted), the
-    rest spent on answers that cost no more than the floor nginx's fixed body (same wrk, run)."""
+    rest spent on answers that cost no more than the floor nginx's fixed body (same wrk, run).
+    With it, the two costs (CPU seconds per answer at capacity, per floor answer)."""
     capacity, over = runs["capacity"], runs["3x capacity"]
     per_answer = sum(capacity.get("cpu", {}).values()) / (capacity["rps"] or 1e-6)
     per_floor_answer = sum(floor.get("cpu", {}).values()) / max(offered(floor), 1e-6)
     spare = max(0.0, nproc - over["rps"] * per_answer)
-    return float(over["rps"] + spare / max(per_floor_answer, 1e-9))
+    return float(over["rps"] + spare / max(per_floor_answer, 1e-9)), per_answer, per_floor_answer
 
 
 def offered_bound(runs: Mapping[str, Any], floor: Mapping[str, Any], nproc: int) -> str:
-    capacity, over = runs["capacity"], runs["3x capacity"]
-    cap = capacity["rps"] or 1e-6
-    per_answer = sum(capacity.get("cpu", {}).values()) / cap
-    per_floor_answer = sum(floor.get("cpu", {}).values()) / max(offered(floor), 1e-6)
-    most = offered_most(runs, floor, nproc)
+    over = runs["3x capacity"]
+    cap = runs["capacity"]["rps"] or 1e-6
+    most, per_answer, per_floor_answer = offered_most(runs, floor, nproc)
     return (
         f"the same wrk against nginx answering a fixed body by itself (the floor, same run) got "
         f"{offered(floor):,.0f} answers/s at {per_floor_answer * 1e6:.0f} µs of CPU each "
