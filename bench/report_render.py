@@ -11,6 +11,8 @@ next to the charts), so it can be re-rendered and tested without any load:
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -417,8 +419,9 @@ def recovery_targets(steps: Mapping[str, Any]) -> list[Target]:
 
 def count_allowance(baseline: float) -> float:
     """How much a count may be above its baseline median at the end and still 'not grow': 10%,
-    at least 2 (a count under load moves with the requests in flight)."""
-    return max(2.0, 0.10 * baseline)
+    rounded up to a whole count, at least 2 (a count under load moves with the requests in
+    flight)."""
+    return float(max(2, math.ceil(0.10 * baseline)))
 
 
 def soak_targets(step: Mapping[str, Any]) -> list[Target]:

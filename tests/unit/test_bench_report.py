@@ -477,3 +477,9 @@ def test_netns_ramp_asserts_no_failed_request_on_surge_only() -> None:
     assert [(t.step, t.name, t.measured) for t in missed] == [
         ("netns_ramp", "surge: failed requests", 1)
     ]
+
+
+def test_a_count_may_grow_by_a_tenth_rounded_up_to_a_whole_count_at_least_two() -> None:
+    assert rr.count_allowance(0) == 2
+    assert rr.count_allowance(28) == 3  # 2.8 tasks: a count moves in whole steps
+    assert rr.count_allowance(31) == 4
