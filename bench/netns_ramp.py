@@ -83,6 +83,10 @@ def netdelay_pids(top: SurgeNet) -> list[int]:
     return pids
 
 
+def losses_since(top: SurgeNet, before: Mapping[str, int]) -> dict[str, int]:
+    return {k: v - before[k] for k, v in top.net.losses().items()}
+
+
 @contextlib.contextmanager
 def floor_on_edge(top: SurgeNet, work: Path) -> Any:
     """bench/floor.py's nginx, on the edge host's address, until the block ends."""
@@ -161,15 +165,18 @@ def _run(
 
         with floor_on_edge(top, work) as (floor_url, floor_proc):
             floor_pids = [floor_proc.pid, *sorted(child_pids(floor_proc.pid))]  # its worker
+            lost = top.net.losses()
             with Measure({"nginx": floor_pids, "netdelay": delays}, {}) as m:
                 run = k6_from_client(top, floor_url, env, timeout, k6_work)
             runs["floor"] = m.attach(run, "k6")
+            runs["floor"]["losses"] = losses_since(top, lost)
         say(f"netns_ramp floor: {_line(runs['floor'])}")
 
-        before = lookups(top)
+        before, lost = lookups(top), top.net.losses()
         with Measure(groups(), {}, lambda: {"postgres": top.pids()["postgres"]}) as m:
             run = k6_from_client(top, top.url, env, timeout, k6_work)
         surge = m.attach(run, "k6")
+        surge["losses"] = losses_since(top, lost)
         after = lookups(top)
         surge["store"]["lookups"] = {
             k: v - before.get(k, 0.0) for k, v in after.items() if v - before.get(k, 0.0)
@@ -203,5 +210,6 @@ def _run(
 def _line(run: Mapping[str, Any]) -> str:
     return (
         f"{run['rps']:,.0f} req/s, failed {run['errors']:.0f}, p50 {run['p50_ms']:.1f} ms, "
-        f"p95 {run['p95_ms']:.1f} ms, p99 {run['p99_ms']:.1f} ms"
+        f"p95 {run['p95_ms']:.1f} ms, p99 {run['p99_ms']:.1f} ms; network lost "
+        f"{run['losses']} ; the machine's worst stall {run.get('stall_ms_max', 0):.0f} ms"
     )

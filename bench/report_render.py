@@ -12,7 +12,6 @@ next to the charts), so it can be re-rendered and tested without any load:
 from __future__ import annotations
 
 import math
-
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -577,6 +576,14 @@ def why(target: Target, results: Mapping[str, Any]) -> str:
             "time was spent outside them: in nginx, the network stack, or the load generator "
             "(k6, on the same 2 cores)"
         )
+    if target.name.startswith("p") and run.get("stall_series"):
+        reasons.append(machine_stalls(run, target.goal))
+    if run.get("losses"):
+        lost = run["losses"]
+        reasons.append(
+            f"the network meanwhile: {lost['delay_queue_dropped']:,} packets dropped by the "
+            f"delay queues, {lost['tcp_retransmitted']:,} TCP segments retransmitted"
+        )
     if run.get("errors"):
         reasons.append(f"{run['errors']:.0f} errors ({run.get('error_detail', 'see the log')})")
     lookups = run.get("store", {}).get("lookups", {})
@@ -584,6 +591,22 @@ def why(target: Target, results: Mapping[str, Any]) -> str:
         mix = ", ".join(f"{k} {v:,.0f}" for k, v in sorted(lookups.items()))
         reasons.append(f"lookups: {mix}")
     return "; ".join(r for r in reasons if r)
+
+
+def machine_stalls(run: Mapping[str, Any], goal_ms: float) -> str:
+    """The machine's own stalls (bench/stall_probe.py) in the seconds whose client p99 passed
+    the goal, beside those of the rest of the run."""
+    slow = {round(p["t"]) for p in run.get("client_series", []) if p.get("p99_ms", 0) > goal_ms}
+    near = {t + d for t in slow for d in (-1, 0, 1)}  # the two clocks' seconds may straddle
+    inside = [p["stall_ms"] for p in run["stall_series"] if round(p["t"]) in near]
+    outside = [p["stall_ms"] for p in run["stall_series"] if round(p["t"]) not in near]
+    if not inside:
+        return ""
+    return (
+        f"a real-time sleeper on the same machine (bench/stall_probe.py) overslept up to "
+        f"{max(inside):.0f} ms in the {len(slow)} second(s) whose client p99 passed the goal, "
+        f"{max(outside, default=0.0):.0f} ms in the rest of the run"
+    )
 
 
 def offered_most(
@@ -653,6 +676,23 @@ def runs_table(runs: Mapping[str, Mapping[str, Any]]) -> str:
             f"| {_num(run, 'requests', '{:,.0f}')} | {_num(run, 'errors', '{:,.0f}')} |"
         )
     return "\n".join(rows)
+
+
+def network_table(runs: Mapping[str, Mapping[str, Any]]) -> str:
+    """netns_ramp: packets the delay queues dropped and TCP segments sent again, per run."""
+    rows = [
+        "| configuration | packets dropped by the delay queues | TCP segments retransmitted "
+        "| the machine's worst stall |",
+        "|---|---|---|---|",
+    ]
+    for label, run in runs.items():
+        if "losses" in run:
+            lost = run["losses"]
+            rows.append(
+                f"| {label} | {lost['delay_queue_dropped']:,} | {lost['tcp_retransmitted']:,} "
+                f"| {run.get('stall_ms_max', 0):.0f} ms |"
+            )
+    return "\n".join(rows) if len(rows) > 2 else ""
 
 
 def cpu_table(runs: Mapping[str, Mapping[str, Any]], nproc: int) -> str:
@@ -769,13 +809,24 @@ def markdown(results: Mapping[str, Any], charts: Iterable[str] = ()) -> str:
                 cluster,
                 "",
             ]
+        network = network_table(runs)
+        if network:
+            lines += [
+                "What the network lost during each run (counters of the hosts' namespaces), "
+                "and the most a real-time sleeper overslept meanwhile (bench/stall_probe.py):",
+                "",
+                network,
+                "",
+            ]
         tiers = tiers_table(step)
         if tiers:
             lines += [
                 "Latency of surge's run at each tier (ms): the client (k6's summary), nginx "
                 "(`$request_time`, its access log), the replica's part of it "
                 "(`$upstream_response_time`), and the worst single second of each; CPU of "
-                "the serving processes per request:",
+                "the serving processes per request, and the most a real-time sleeper "
+                "overslept meanwhile (bench/stall_probe.py: how long the machine itself kept "
+                "a ready process waiting):",
                 "",
                 tiers,
                 "",
@@ -855,7 +906,8 @@ def tiers_table(step: Mapping[str, Any]) -> str:
             f" | {q.get('max', 0):.1f} | {worst[key]:.1f} |"
         )
     rows += ["", "| run | " + " | ".join(f"{k} µs/request" for k in CPU_KINDS)
-             + " | k6's peak memory |", "|---" * (len(CPU_KINDS) + 2) + "|"]  # fmt: skip
+             + " | k6's peak memory | the machine's worst stall |",
+             "|---" * (len(CPU_KINDS) + 3) + "|"]  # fmt: skip
     for name, run in runs.items():
         requests = run.get("requests") or 0
         if not requests:
@@ -868,8 +920,9 @@ def tiers_table(step: Mapping[str, Any]) -> str:
         label = "surge" if name == "k6" else name
         rss = run.get("loadgen_rss_mb_max", 0)
         rows.append(
-            f"| {label} | " + " | ".join(f"{v:.0f}" for v in per_kind.values()) + f" | {rss:,} MB |"
-        )
+            f"| {label} | " + " | ".join(f"{v:.0f}" for v in per_kind.values())
+            + f" | {rss:,} MB | {run.get('stall_ms_max', 0):.0f} ms |"
+        )  # fmt: skip
     return "\n".join(rows)
 
 

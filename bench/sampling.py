@@ -16,6 +16,7 @@ import redis
 
 from bench.replicas import busy_cores_seconds, cpu_seconds
 from bench.resources import Periodic, scrape
+from bench.stall_probe import StallProbe
 from core.settings import Settings
 from stack.servers import (
     child_pids,
@@ -92,6 +93,7 @@ class Measure(Periodic):
         self.loadgen_rss_mb = 0.0
         self.series: list[dict[str, float]] = []
         self.ticks = 0
+        self.stalls = StallProbe().__enter__()
         return super().__enter__()
 
     def tick(self) -> None:
@@ -132,6 +134,7 @@ class Measure(Periodic):
         self.cpu["other"] = max(
             0.0, (busy_cores_seconds() - self.busy) / self.wall - sum(self.cpu.values())
         )
+        self.stalls.__exit__(None, None, None)  # after the children's CPU: not the load's
         self.store: dict[str, Any] = {
             "pool_waiting_max": self.waiting_max, "store_errors": 0.0, "lookups": {}
         }  # fmt: skip
@@ -160,6 +163,7 @@ class Measure(Periodic):
             for point in self.series
         ]
         run["store"] = self.store
+        self.stalls.attach(run)
         return run
 
 

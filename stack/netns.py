@@ -331,6 +331,20 @@ class Network:
     def restore(self, name: str) -> None:
         _ip("link", "set", self.hosts[name].link, "up")
 
+    def losses(self) -> dict[str, int]:
+        """Counters since the hosts were built, summed over them: packets the delay queues
+        dropped (queue full, or the delay process's socket full) and TCP segments sent again."""
+        out = {"delay_queue_dropped": 0, "tcp_retransmitted": 0}
+        for host in self.hosts.values():
+            queues = _in(host.netns, "cat", "/proc/net/netfilter/nfnetlink_queue", check=False)
+            for line in queues.stdout.splitlines():  # fields 6 and 7: queue, user dropped
+                fields = line.split()
+                out["delay_queue_dropped"] += int(fields[5]) + int(fields[6])
+            snmp = _in(host.netns, "cat", "/proc/net/snmp").stdout.splitlines()
+            tcp = [line.split()[1:] for line in snmp if line.startswith("Tcp:")]
+            out["tcp_retransmitted"] += int(dict(zip(tcp[0], tcp[1], strict=True))["RetransSegs"])
+        return out
+
     def connect_ms(self, src: str, dst: str, port: int, count: int = 20) -> float:
         """Median TCP connect time from host src to dst:port (one round trip), in ms."""
         code = (

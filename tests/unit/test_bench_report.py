@@ -483,3 +483,13 @@ def test_a_count_may_grow_by_a_tenth_rounded_up_to_a_whole_count_at_least_two() 
     assert rr.count_allowance(0) == 2
     assert rr.count_allowance(28) == 3  # 2.8 tasks: a count moves in whole steps
     assert rr.count_allowance(31) == 4
+
+
+def test_a_latency_miss_shows_the_machines_own_stalls_in_the_slow_seconds() -> None:
+    run = {
+        "client_series": [{"t": t, "p99_ms": 150.0 if t == 5 else 4.0} for t in range(10)],
+        "stall_series": [{"t": t + 0.4, "stall_ms": 90.0 if t == 5 else 3.0} for t in range(10)],
+    }
+    said = rr.machine_stalls(run, 100.0)
+    assert "up to 90 ms in the 1 second(s)" in said and "3 ms in the rest" in said
+    assert rr.machine_stalls({**run, "client_series": []}, 100.0) == ""
