@@ -69,9 +69,10 @@ def copies_complete(top: SurgeNet) -> bool:
     return True
 
 
-def netdelay_pids(top: SurgeNet) -> list[int]:
-    """The per-host packet delay processes (none where netem does the delaying)."""
-    pids = []
+def netdelay_pids(top: SurgeNet) -> dict[str, list[int]]:
+    """The packet delay process of each host, as `netdelay-<host>` (none where netem delays):
+    each is one Python thread, so one of them saturated shows by itself."""
+    groups: dict[str, list[int]] = {}
     for host in top.net.hosts.values():
         listed = subprocess.run(
             ["ip", "netns", "pids", host.netns], capture_output=True, text=True, timeout=10
@@ -79,8 +80,8 @@ def netdelay_pids(top: SurgeNet) -> list[int]:
         for pid in map(int, listed):
             with contextlib.suppress(OSError):
                 if b"stack.netdelay" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                    pids.append(pid)
-    return pids
+                    groups.setdefault(f"netdelay-{host.name}", []).append(pid)
+    return groups
 
 
 def losses_since(top: SurgeNet, before: Mapping[str, int]) -> dict[str, int]:
@@ -161,12 +162,12 @@ def _run(
             out = {"nginx": found["nginx"]}
             out |= {f"api-{name.removeprefix('api')}": found[name] for name in top.replicas}
             out |= {"redis": found["redis"], "postgres": found["postgres"]}
-            return out | ({"netdelay": delays} if delays else {})
+            return out | delays
 
         with floor_on_edge(top, work) as (floor_url, floor_proc):
             floor_pids = [floor_proc.pid, *sorted(child_pids(floor_proc.pid))]  # its worker
             lost = top.net.losses()
-            with Measure({"nginx": floor_pids, "netdelay": delays}, {}) as m:
+            with Measure({"nginx": floor_pids, **delays}, {}) as m:
                 run = k6_from_client(top, floor_url, env, timeout, k6_work)
             runs["floor"] = m.attach(run, "k6")
             runs["floor"]["losses"] = losses_since(top, lost)
@@ -201,7 +202,8 @@ def _run(
         f"{NETNS_BOOKINGS:,} bookings; built and whole in {built:.0f} s), removed after. The "
         "same k6 run first against `floor`, an nginx on the edge host answering every lookup "
         "itself with a fixed record (bench/floor.py's config), then against `surge`. "
-        "`netdelay`: the hosts' packet delay processes (stack/netdelay.py), part of the network.",
+        "`netdelay-<host>`: each host's packet delay process (stack/netdelay.py), part of the "
+        "network.",
         "runs": {"surge": surge, "floor": runs["floor"]},
         "rtt_ms": rtt,
     }

@@ -486,9 +486,10 @@ def process_kind(name: str) -> str:
     return name.split()[0].split("-")[0]
 
 
-SINGLE_THREADED = {"nginx", "api", "bare", "granian", "redis", "wrk"}
+SINGLE_THREADED = {"nginx", "api", "bare", "granian", "redis", "wrk", "netdelay"}
 """One core at most each: one nginx worker, one Granian worker per replica, Redis's event loop,
-wrk -t1. Postgres (a backend per connection) and k6 (Go) can use several."""
+wrk -t1, a host's packet delay (Python). Postgres (a backend per connection) and k6 (Go) can
+use several."""
 
 
 def saturation(run: Mapping[str, Any], nproc: int) -> str:
