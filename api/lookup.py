@@ -71,6 +71,9 @@ REDIS_TIMEOUTS = (RedisTimeoutError, TimeoutError)
 # falling back to a Postgres still reconnecting (docs/reliability.md, "Across a real network").
 DEAD_CONNECTION = (RedisConnectionError, RuntimeError)
 DEAD_CONNECTION_RETRIES = 1
+# A Redis that timed out is asked again, for up to this long, when Postgres cannot answer
+# either: a timeout on saturated cores is usually ours, and a late record beats a 503.
+REDIS_SECOND_CHANCE_S = 0.5
 # Seconds before a warm-up of the replica's copy that Redis interrupted goes again, and how long
 # one of its pipelines may take.
 WARM_RETRY_S = 1.0
@@ -450,13 +453,14 @@ class Lookup:
         version = self.live[dataset.name]
         key, field = dataset.slot(record_id, version)
         metrics, breaker = self.metrics, self.breaker
-        redis_answered = False
+        redis_answered = redis_timed_out = False
         if breaker.allows():
             started = perf_counter()
             try:
                 body = cast("bytes | None", await self.redis.hget(key, field))
             except REDIS_FAULTS as exc:
                 self._redis_failed(exc)
+                redis_timed_out = isinstance(exc, REDIS_TIMEOUTS)
                 log.warning("redis read failed, falling back to postgres: %r", exc)
             else:
                 redis_answered = True
@@ -474,8 +478,13 @@ class Lookup:
         try:
             body = await self.fallback_read(dataset, record_id)
         except ServiceUnavailable:
-            outcome.unavailable.inc()
-            raise
+            body = await self._redis_again(key, field) if redis_timed_out else None
+            if body is None:
+                outcome.unavailable.inc()
+                raise
+            outcome.redis_hit.inc()
+            self.local.put(dataset.name, version, record_id, body)
+            return body
         if body is None:
             outcome.not_found.inc()
             self.unknown.add(unknown_key)
@@ -644,6 +653,19 @@ class Lookup:
         else:
             self.metrics.redis_hset.observe(perf_counter() - started)
             self.breaker.record_success()
+
+    async def _redis_again(self, key: str, field: str) -> bytes | None:
+        """The record from a Redis that timed out once, asked again until REDIS_SECOND_CHANCE_S
+        has passed (each call still bounded by the Redis timeout); None if it never answers."""
+        deadline = perf_counter() + REDIS_SECOND_CHANCE_S
+        while perf_counter() < deadline and self.breaker.allows():
+            try:
+                return cast("bytes | None", await self.redis.hget(key, field))
+            except REDIS_FAULTS as exc:
+                self._redis_failed(exc)
+                if not isinstance(exc, REDIS_TIMEOUTS):  # refused, reset: not slow, gone
+                    return None
+        return None
 
     def _redis_failed(self, exc: BaseException) -> None:
         self.metrics.redis_errors.inc()
