@@ -192,6 +192,16 @@ def _in_thread(work: Callable[[], dict[str, Any]]) -> tuple[threading.Thread, di
     return thread, out
 
 
+def tasks_floor(res: Resources, since: float, until: float) -> float:
+    """The fewest tasks of all replicas together in any one sample from `since` to `until`."""
+    totals = [
+        sum(v for k, v in point.items() if k.startswith("api-") and k.endswith(" tasks"))
+        for point in res.samples
+        if since <= point["t"] <= until
+    ]
+    return min(totals, default=0.0)
+
+
 def _joined(thread: threading.Thread, out: dict[str, Any]) -> dict[str, Any]:
     thread.join()
     if "error" in out:
@@ -378,18 +388,20 @@ def postgres_gone(bench: Bench) -> dict[str, Any]:
         "slowest_503_ms": max((a["ms"] for a in during), default=0.0),
         "full_service_s": full,
     }
-    # Tasks move with the requests in flight at each sample (and the load shifts between the
-    # replicas): what a leak leaves behind raises the floor, as the soak reads it.
+    # Tasks move with the requests in flight at each sample, and nginx shifts the load between
+    # the replicas: what a leak leaves behind raises the floor of all replicas' tasks together.
     floor_before, floor_after = res.minima(2, res_down), res.minima(res_back + 3, res.elapsed())
+    figures["replicas' tasks before (min)"] = tasks_floor(res, 2, res_down)
+    figures["replicas' tasks after (min)"] = tasks_floor(res, res_back + 3, res.elapsed())
     for key in before:
         if key.startswith("api-") and key.split()[-1] == "rss_mb":
             figures[f"{key} before (median)"] = before[key]
             figures[f"{key} during (max)"] = within.get(key, 0.0)
             figures[f"{key} after (median)"] = after.get(key, 0.0)
         elif key.startswith("api-") and key.split()[-1] == "tasks":
-            figures[f"{key} before (min)"] = floor_before[key]
+            figures[f"{key} before (fewest)"] = floor_before[key]
             figures[f"{key} during (max)"] = within.get(key, 0.0)
-            figures[f"{key} after (min)"] = floor_after.get(key, 0.0)
+            figures[f"{key} after (fewest)"] = floor_after.get(key, 0.0)
     say(f"postgres_gone: {figures}")
     return {
         "how": f"wrk -t1 -c{connections} (bench/statuses.lua) over students "
@@ -401,8 +413,8 @@ def postgres_gone(bench: Bench) -> dict[str, Any]:
         f"{fault_at} s in (every session cut), started again {outage} s later; then each "
         "replica asked directly for a miss until it answered 200 (full service). Memory and "
         "tasks sampled every second (bench/resources.py): before the outage and from 3 s after "
-        "its end, memory's medians and the tasks' floors (the fewest: the rest are requests in "
-        "flight), the maximum during it.",
+        "its end, memory's medians and the floor of all replicas' tasks together (the fewest "
+        "in any sample: the rest are requests in flight), the maximum during it.",
         "runs": {"cached lookups": {**run, "capacity_rps": capacity}},
         "figures": {"postgres gone": figures},
     }

@@ -493,3 +493,18 @@ def test_a_latency_miss_shows_the_machines_own_stalls_in_the_slow_seconds() -> N
     said = rr.machine_stalls(run, 100.0)
     assert "up to 90 ms in the 1 second(s)" in said and "3 ms in the rest" in said
     assert rr.machine_stalls({**run, "client_series": []}, 100.0) == ""
+
+
+def test_the_tasks_floor_is_of_all_replicas_together_so_moving_load_is_no_leak() -> None:
+    from types import SimpleNamespace
+
+    from bench.recovery import tasks_floor
+
+    samples = [
+        {"t": 1.0, "api-1 tasks": 12.0, "api-2 tasks": 24.0, "api-1 rss_mb": 99.0},
+        {"t": 2.0, "api-1 tasks": 21.0, "api-2 tasks": 10.0, "api-1 rss_mb": 99.0},
+        {"t": 9.0, "api-1 tasks": 1.0, "api-2 tasks": 1.0, "api-1 rss_mb": 99.0},
+    ]
+    res = SimpleNamespace(samples=samples)
+    assert tasks_floor(res, 0, 5) == 31.0  # type: ignore[arg-type]
+    assert tasks_floor(res, 20, 30) == 0.0  # type: ignore[arg-type]
