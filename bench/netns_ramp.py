@@ -212,6 +212,8 @@ def _run(
 def _line(run: Mapping[str, Any]) -> str:
     return (
         f"{run['rps']:,.0f} req/s, failed {run['errors']:.0f}, p50 {run['p50_ms']:.1f} ms, "
-        f"p95 {run['p95_ms']:.1f} ms, p99 {run['p99_ms']:.1f} ms; network lost "
-        f"{run['losses']} ; the machine's worst stall {run.get('stall_ms_max', 0):.0f} ms"
+        f"p95 {run['p95_ms']:.1f} ms, p99 {run['p99_ms']:.1f} ms; the delay queues dropped "
+        f"{run['losses']['delay_queue_dropped']:,} packets, TCP retransmitted "
+        f"{run['losses']['tcp_retransmitted']:,} segments; the machine's worst stall "
+        f"{run.get('stall_ms_max', 0):.0f} ms"
     )
