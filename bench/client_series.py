@@ -24,9 +24,11 @@ QUERY = "histogram_quantile({q}, sum(rate(k6_http_req_duration_seconds[2s])))"
 class ClientSeries:
     """`with ClientSeries() as client:` k6 env in client.k6_env; client.series(since, until)."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = HOST) -> None:
+        """host: the address it listens on, one k6 can reach (a namespace's gateway)."""
         self.port = free_port()
-        self.url = f"http://{HOST}:{self.port}"
+        self.host = host
+        self.url = f"http://{host}:{self.port}"
         self.k6_env = {
             "K6_OUT": "experimental-prometheus-rw",
             "K6_PROMETHEUS_RW_SERVER_URL": f"{self.url}/api/v1/write",
@@ -43,7 +45,7 @@ class ClientSeries:
         config.write_text("global:\n  scrape_interval: 15s\n")
         self.proc = start_child(
             [binary, f"--config.file={config}", f"--storage.tsdb.path={self.dir / 'data'}",
-             f"--web.listen-address={HOST}:{self.port}", "--web.enable-remote-write-receiver",
+             f"--web.listen-address={self.host}:{self.port}", "--web.enable-remote-write-receiver",
              "--enable-feature=native-histograms", "--log.level=warn"],
             lambda: http_ok(f"{self.url}/-/ready", timeout=1),
             "bench Prometheus",

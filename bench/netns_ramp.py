@@ -28,7 +28,8 @@ from typing import Any
 
 import httpx
 
-from bench import say
+from bench import say, tiers
+from bench.client_series import ClientSeries
 from bench.floor import CONF, PADDING
 from bench.k6 import K6, k6_run
 from bench.resources import MeasuringBench as BenchLike
@@ -151,7 +152,9 @@ def _run(
     runs: dict[str, dict[str, Any]] = {}
     say(f"netns_ramp: building the hosts, seeding {NETNS_STUDENTS:,} students over the bridge")
     started = time.monotonic()
-    with SurgeNet(work / "net", NETNS_STUDENTS, NETNS_BOOKINGS, client=True) as top:
+    # The edge nginx writes its access log: its own view of each second (bench/tiers.py).
+    edge_env = {"SURGE_NGINX_ACCESS_LOG": "on"}
+    with SurgeNet(work / "net", NETNS_STUDENTS, NETNS_BOOKINGS, env=edge_env, client=True) as top:
         wait_for(lambda: copies_complete(top), timeout=300, what="the replicas' copies whole")
         built = time.monotonic() - started
         say(f"netns_ramp: up and whole in {built:.0f} s ({top.net.delay} delay)")
@@ -174,10 +177,16 @@ def _run(
         say(f"netns_ramp floor: {_line(runs['floor'])}")
 
         before, lost = lookups(top), top.net.losses()
-        with Measure(groups(), {}, lambda: {"postgres": top.pids()["postgres"]}) as m:
-            run = k6_from_client(top, top.url, env, timeout, k6_work)
-        surge = m.attach(run, "k6")
-        surge["losses"] = losses_since(top, lost)
+        with ClientSeries(host=top.net.gateway) as client:
+            since = time.time()
+            with Measure(groups(), {}, lambda: {"postgres": top.pids()["postgres"]}) as m:
+                run = k6_from_client(top, top.url, {**env, **client.k6_env}, timeout, k6_work)
+            surge = m.attach(run, "k6")
+            surge["losses"] = losses_since(top, lost)
+            time.sleep(2)  # nginx flushes its access log every second, k6 pushes every second
+            until = time.time()
+            surge["tiers"] = tiers.nginx_view(top.access_log, since, until)
+            surge["client_series"] = client.series(since, until)
         after = lookups(top)
         surge["store"]["lookups"] = {
             k: v - before.get(k, 0.0) for k, v in after.items() if v - before.get(k, 0.0)

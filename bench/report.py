@@ -128,7 +128,7 @@ FULL = {
     "recovery_seconds": 75,  # redis_empty: the fault 10 s in, 65 s to be whole again
     "recovery_fault_at": 10,
     "outage_seconds": 60,  # postgres_gone
-    "flood_seconds": 15,  # unknown_flood, each of known and unknown ids
+    "flood_seconds": 15,  # unknown_flood, each round of known and of unknown ids
     "soak_seconds": 660,  # the first minute warms up, the next is the baseline: 10 min measured
     "soak_window": 60,
 }

@@ -403,13 +403,13 @@ def recovery_targets(steps: Mapping[str, Any]) -> list[Target]:
     flood = steps.get("unknown_flood", {})
     f = flood.get("figures", {}).get("flood")
     if f:
-        unknown = flood["runs"]["unknown ids"]
+        unknown = [r for label, r in flood["runs"].items() if label.startswith("unknown ids")]
         known_p99 = f["probe_p99_known_ms"]
         out += [
             Target("unknown_flood", "lookups that asked Postgres during the flood",
                    f["postgres_asked_unknown"], 0, False, "lookups"),
-            Target("unknown_flood", "flood answers other than 404", improper(unknown), 0, False,
-                   "answers"),
+            Target("unknown_flood", "flood answers other than 404",
+                   sum(improper(run) for run in unknown), 0, False, "answers"),
             Target("unknown_flood", "a newcomer's known-id p99 during the flood",
                    f["probe_p99_flood_ms"], max(1.5 * known_p99, known_p99 + 2.0), False, "ms"),
         ]  # fmt: skip
@@ -884,7 +884,7 @@ def tiers_table(step: Mapping[str, Any]) -> str:
     """Client, nginx and upstream latency of a k6 step's surge run, and CPU per request per
     process kind, for each run of the step (floor, stack floor, bare handler, surge)."""
     runs = step.get("runs", {})
-    surge = runs.get("k6", {})
+    surge = runs.get("k6") or runs.get("surge", {})  # netns_ramp names its run "surge"
     view = surge.get("tiers") or {}
     if not view:
         return ""

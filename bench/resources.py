@@ -26,7 +26,7 @@ import statistics
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, Self
 
@@ -260,9 +260,13 @@ class Probe(Periodic):
 
     def summary(self, since: float, until: float) -> dict[str, dict[str, float]]:
         """Per status ('200', '503', '0' = no answer): count, p50/p99/max latency in ms."""
+        return self.pooled([(since, until)])
+
+    def pooled(self, windows: Sequence[tuple[float, float]]) -> dict[str, dict[str, float]]:
+        """summary() of the answers started in any of these (since, until) windows together."""
         by_status: dict[str, list[float]] = {}
         for started, status, seconds in self.answers:
-            if since <= started <= until:
+            if any(since <= started <= until for since, until in windows):
                 by_status.setdefault(str(status), []).append(seconds * 1000)
         out: dict[str, dict[str, float]] = {}
         for answer, values in sorted(by_status.items()):

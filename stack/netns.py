@@ -488,6 +488,11 @@ class SurgeNet:
         self.nginx = NginxServer(self.work / "nginx", values, command_prefix=edge.prefix)
         self.nginx.start()
 
+    @property
+    def access_log(self) -> Path:
+        """The edge nginx's access log (written when SURGE_NGINX_ACCESS_LOG=on in env)."""
+        return self.work / "nginx" / "logs" / "access.log"
+
     def pids(self) -> dict[str, list[int]]:
         """Process ids per tier: nginx (master and workers), each replica, Redis, Postgres."""
         from stack.servers import child_pids

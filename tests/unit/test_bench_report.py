@@ -508,3 +508,17 @@ def test_the_tasks_floor_is_of_all_replicas_together_so_moving_load_is_no_leak()
     res = SimpleNamespace(samples=samples)
     assert tasks_floor(res, 0, 5) == 31.0  # type: ignore[arg-type]
     assert tasks_floor(res, 20, 30) == 0.0  # type: ignore[arg-type]
+
+
+def test_netns_ramp_shows_each_tier_of_its_surge_run() -> None:
+    """netns_ramp names its run "surge" (not "k6"): its nginx and client views still show."""
+    surge = run(1500, 3, 225, 466, wall_s=60, cpu={"nginx": 0.1, "api-1": 0.25, "k6": 0.6})
+    surge["tiers"] = {
+        "request_ms": {"p50": 1.0, "p95": 4.0, "p99": 9.0, "max": 30.0},
+        "upstream_ms": {"p50": 1.0, "p95": 3.0, "p99": 8.0, "max": 29.0},
+        "series": [{"t": 0, "request_p99_ms": 9.0, "upstream_p99_ms": 8.0}],
+    }
+    surge["client_series"] = [{"t": 0, "p95_ms": 225.0, "p99_ms": 480.0}]
+    table = rr.tiers_table({"runs": {"surge": surge, "floor": run(1500, 2, 4, 8, wall_s=60)}})
+    assert "| client (k6) | 3.0 | 225.0 | 466.0 | 0.0 | 480.0 |" in table
+    assert "| nginx `$request_time` | 1.0 | 4.0 | 9.0 | 30.0 | 9.0 |" in table
