@@ -183,10 +183,7 @@ def _run(
                 run = k6_from_client(top, top.url, {**env, **client.k6_env}, timeout, k6_work)
             surge = m.attach(run, "k6")
             surge["losses"] = losses_since(top, lost)
-            time.sleep(2)  # nginx flushes its access log every second, k6 pushes every second
-            until = time.time()
-            surge["tiers"] = tiers.nginx_view(top.access_log, since, until)
-            surge["client_series"] = client.series(since, until)
+            tiers.attach_views(surge, top.access_log, client, since)
         after = lookups(top)
         surge["store"]["lookups"] = {
             k: v - before.get(k, 0.0) for k, v in after.items() if v - before.get(k, 0.0)

@@ -44,11 +44,11 @@ WITHOUT_POSTGRES = ("local_hit", "redis_hit", "not_in_live_version", "negative_c
 LARGEST_ID = 999_999_999  # the largest registration number the API accepts (9 digits)
 PACED_CONNECTIONS = 128
 MISSES = 1_000
+"""Student ids taken out of Redis for the Postgres step: the probe asks for each once."""
 FLOOD_ROUNDS = 2
 """Rounds of each kind in unknown_flood (known ids, unknown ids, alternating)."""
 FLOOD_PROBE_INTERVAL_S = 0.02
 """The newcomer's pause between lookups in unknown_flood: ~40 a second, ~1,000 per kind."""
-"""Student ids taken out of Redis for the Postgres step: the probe asks for each once."""
 
 
 class Bench(Protocol):
@@ -416,7 +416,7 @@ def postgres_gone(bench: Bench) -> dict[str, Any]:
     return {
         "how": f"wrk -t1 -c{connections} (bench/statuses.lua) over students "
         f"{FIRST_STUDENT_ID:,}..{bench.last_id - MISSES:,}, paced to about half the capacity "
-        f"of this configuration ({capacity:,.0f} 200/s, wrk -c{bench.capacity_connections()} "
+        f"of this configuration ({capacity:,.0f} 200/s, wrk -c{unpaced} "
         f"unpaced just before) for {seconds} s through nginx, the replicas' own copies off "
         f"(SURGE_LOCAL_CACHE_MB=0): those records come from Redis. The last {MISSES:,} "
         "students were taken out of Redis first: a probe asked for one of them every 0.1 s on "

@@ -293,10 +293,7 @@ class Bench:
             with Measure(groups, ports, self.stores) as m:
                 out = k6(script, self.top.url, {**k6_env, **client.k6_env}, timeout, work, ports)
             run = m.attach(out["run"], "k6")
-            time.sleep(2)  # nginx flushes its access log every second, k6 pushes every second
-            until = time.time()
-            run["tiers"] = tiers.nginx_view(self.top.access_log, since, until)
-            run["client_series"] = client.series(since, until)
+            tiers.attach_views(run, self.top.access_log, client, since)
         return run, out["timeline"]
 
     def results_day(self) -> dict[str, Any]:

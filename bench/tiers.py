@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import datetime
 import re
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from bench.client_series import ClientSeries
 
 # stack's log_format `surge`: addr [time] "request" status bytes request_time "upstream_addr"
 # "upstream_status" "upstream_response_time" "upstream_header_time" (not read here)
@@ -81,3 +84,12 @@ def nginx_view(log: Path, since: float, until: float) -> dict[str, Any]:
                                                               ("p99", 0.99), ("max", 1.0))},
         "series": series,
     }  # fmt: skip
+
+
+def attach_views(run: dict[str, Any], log: Path, client: ClientSeries, since: float) -> None:
+    """After a k6 run begun at `since`: nginx's view of it (`tiers`) and k6's own per second
+    (`client_series`), once both have flushed (nginx's log and k6's push, every second)."""
+    time.sleep(2)
+    until = time.time()
+    run["tiers"] = nginx_view(log, since, until)
+    run["client_series"] = client.series(since, until)
