@@ -19,7 +19,7 @@ from swagger_ui_bundle import swagger_ui_path
 from api.admin import admin_router
 from api.errors import EXCEPTION_HANDLERS, Problem, not_found_detail, problem_response
 from api.fast_path import fast_records
-from api.http_cache import cache_control, validators
+from api.http_cache import cache_control, etag, validators
 from api.lookup import Lookup
 from api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from api.metrics import Metrics
@@ -76,7 +76,8 @@ def record_route(dataset: Dataset, lookup: Lookup, api: ApiSettings) -> HTTPRout
         body = await lookup.get(dataset, key)
         if body is None:
             return problem_response(404, "Not Found", not_found)
-        status, pairs = validators(body, if_none_match.encode() if if_none_match else None, control)
+        asked = if_none_match.encode() if if_none_match else None
+        status, pairs = validators(etag(body), asked, control)
         headers = {name.decode(): value.decode() for name, value in pairs}
         if status == 304:
             return Response(b"", status_code=304, headers=headers)

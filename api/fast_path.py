@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from litestar.enums import ScopeType
 
 from api.errors import PROBLEM_MEDIA_TYPE, not_found_detail, problem_body
-from api.http_cache import cache_control, validators
+from api.http_cache import TAG_BYTES, cache_control, validators
 from core.contract import DATASETS
 
 if TYPE_CHECKING:
@@ -70,16 +70,16 @@ def fast_records(app: ASGIApp, lookup: Lookup, metrics: Metrics, api: ApiSetting
         record_id = None if dataset is None else dataset.parse_id(path[slash + 1 :])
         if dataset is None or record_id is None:
             return None
-        body = local.get(dataset.name, record_id)
-        if body is None:
+        entry = local.entry(dataset.name, record_id)
+        if entry is None:
             if not local.knows_absent(dataset.name, record_id):
                 return None
             problem, headers = absent[dataset.name]
             return dataset.name, method, 404, headers, problem
-        status, headers = validators(body, _if_none_match(scope), control)
+        status, headers = validators(entry[:TAG_BYTES], _if_none_match(scope), control)
         if status == 304:
             return dataset.name, method, 304, headers, b""
-        return dataset.name, method, 200, [*headers, (b"content-type", JSON)], body
+        return dataset.name, method, 200, [*headers, (b"content-type", JSON)], entry[TAG_BYTES:]
 
     async def serve(scope: Scope, receive: Receive, send: Send) -> None:
         started = perf_counter()

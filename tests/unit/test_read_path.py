@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from api.app import readiness
+from api.http_cache import TAG_BYTES, etag
 from api.local_cache import ENTRY_OVERHEAD, LocalCache
 from api.lookup import NegativeCache
 
@@ -32,17 +33,19 @@ def test_negative_cache_keeps_only_live_entries_and_at_most_its_size():
 
 def test_local_cache_evicts_oldest_and_keeps_one_version():
     body = b"x" * 80
-    cache = LocalCache(max_bytes=3 * (len(body) + ENTRY_OVERHEAD))
+    size = len(body) + TAG_BYTES + ENTRY_OVERHEAD  # the ETag is kept in front of the bytes
+    cache = LocalCache(max_bytes=3 * size)
     cache.switch("students", 1)
     for record_id in range(5):
         cache.put("students", 1, record_id, body)
     assert cache.records("students") == 3
     assert cache.get("students", 0) is None and cache.get("students", 4) == body
-    assert cache.used == 3 * (len(body) + ENTRY_OVERHEAD)
+    assert cache.entry("students", 4) == etag(body) + body and len(etag(body)) == TAG_BYTES
+    assert cache.used == 3 * size
     cache.put("students", 2, 9, body)  # read for a version no longer (or not yet) live
     assert cache.get("students", 9) is None
     cache.discard("students", 4)
-    assert cache.get("students", 4) is None and cache.used == 2 * (len(body) + ENTRY_OVERHEAD)
+    assert cache.get("students", 4) is None and cache.used == 2 * size
     cache.switch("students", 2)
     assert cache.records("students") == 0 and cache.used == 0
     too_big = LocalCache(max_bytes=10)
