@@ -60,11 +60,21 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / CLK_TCK
 
 
+def _machine_ticks() -> list[int]:
+    return [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+
+
 def busy_cores_seconds() -> float:
-    """CPU time the whole machine has spent busy (all cores, from /proc/stat)."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    return (sum(fields[:8]) - idle) / CLK_TCK
+    """CPU time the whole machine spent on its own work (all cores, from /proc/stat): neither
+    idle, nor waiting for I/O, nor stolen by the hypervisor."""
+    ticks = _machine_ticks()
+    return (sum(ticks[:7]) - ticks[3] - ticks[4]) / CLK_TCK
+
+
+def steal_cores_seconds() -> float:
+    """CPU time the hypervisor ran something else on this VM's cores (/proc/stat's steal): a
+    shared host's slow hours, which make every process's CPU per request dearer."""
+    return _machine_ticks()[7] / CLK_TCK
 
 
 class Topology:

@@ -486,6 +486,10 @@ def process_kind(name: str) -> str:
     return name.split()[0].split("-")[0]
 
 
+MACHINE_SHARES = ("other", "steal")
+"""The run's CPU columns that are not a process of the load's: the rest of the machine's work,
+and the time the hypervisor ran other guests on its cores."""
+
 SINGLE_THREADED = {"nginx", "api", "bare", "granian", "redis", "wrk", "netdelay"}
 """One core at most each: one nginx worker, one Granian worker per replica, Redis's event loop,
 wrk -t1, a host's packet delay (Python). Postgres (a backend per connection) and k6 (Go) can
@@ -512,7 +516,7 @@ def saturation(run: Mapping[str, Any], nproc: int) -> str:
         for name, cores in cpu.items()
         if process_kind(name) in SINGLE_THREADED and cores >= SATURATED
     ]
-    ours = {k: v for k, v in cpu.items() if k != "other"} or cpu
+    ours = {k: v for k, v in cpu.items() if k not in MACHINE_SHARES} or cpu
     busiest = max(ours.items(), key=lambda kv: kv[1])
     if hot:
         cores, name = max(hot)
@@ -524,6 +528,8 @@ def saturation(run: Mapping[str, Any], nproc: int) -> str:
         )
         if cpu.get("other", 0) >= 0.25:
             verdict += f"; other work on the machine took {cpu['other']:.2f} cores (noise)"
+        if cpu.get("steal", 0) >= 0.1:
+            verdict += f"; the hypervisor took {cpu['steal']:.2f} cores (steal)"
     else:
         verdict = (
             f"no tier saturated (busiest: {busiest[0]}, {busiest[1]:.2f} cores; "
@@ -653,7 +659,17 @@ def stack_floor_share(run: Mapping[str, Any], floor: Mapping[str, Any]) -> str:
         f"{bare / SERVER_US_PER_REQUEST:.0%} of the goal before any lookup; surge's own work "
         f"on top: {ours - bare:.0f} µs (replicas {replicas:.0f}, "
         f"nginx {tier(run, ('nginx',)) - tier(floor, ('nginx',)):.0f}, Redis and Postgres "
-        f"{tier(run, ('redis', 'postgres')):.0f})"
+        f"{tier(run, ('redis', 'postgres')):.0f}){steal_note(floor, run)}"
+    )
+
+
+def steal_note(floor: Mapping[str, Any], run: Mapping[str, Any]) -> str:
+    """The hypervisor's steal in both runs, when the runs recorded it."""
+    if "steal" not in floor.get("cpu", {}) or "steal" not in run.get("cpu", {}):
+        return ""
+    return (
+        f"; the hypervisor took {floor['cpu']['steal']:.2f} cores (steal) during the stack "
+        f"floor's run, {run['cpu']['steal']:.2f} during surge's"
     )
 
 
@@ -769,8 +785,10 @@ def markdown(results: Mapping[str, Any], charts: Iterable[str] = ()) -> str:
         "Everything below ran in one session on one machine, load generator included, so the",
         "configurations compared side by side shared its noise. CPU is in cores (1.00 = one core",
         f"busy for the whole run; the machine has {nproc}), sampled from /proc per process;",
-        "`other` is the rest of the machine meanwhile. Pool waits and lookups come from each",
-        "replica's /metrics (docs/metrics.md) before and during each run.",
+        "`other` is the rest of the machine meanwhile, `steal` the time the hypervisor ran other",
+        "guests on its cores (a shared host's busy hour makes every process's CPU per request",
+        "dearer). Pool waits and lookups come from each replica's /metrics (docs/metrics.md)",
+        "before and during each run.",
         "",
         "## Targets",
         "",

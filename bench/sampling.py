@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 
-from bench.replicas import busy_cores_seconds, cpu_seconds
+from bench.replicas import busy_cores_seconds, cpu_seconds, steal_cores_seconds
 from bench.resources import Periodic, scrape
 from bench.stall_probe import StallProbe
 from core.settings import Settings
@@ -64,7 +64,8 @@ def rss_mb(pid: int) -> float:
 
 
 class Measure(Periodic):
-    """CPU per process group and the replicas' store metrics over one load run."""
+    """CPU per process group, the rest of the machine (`other`), the hypervisor's steal and the
+    replicas' store metrics over one load run."""
 
     interval = 1.0
 
@@ -87,6 +88,7 @@ class Measure(Periodic):
         }
         self.children = resource.getrusage(resource.RUSAGE_CHILDREN)
         self.busy = busy_cores_seconds()
+        self.steal = steal_cores_seconds()
         self.metrics_before = {n: scrape(p) for n, p in self.ports.items()}
         self.started = self.last_tick = time.monotonic()
         self.last_used: dict[str, float] = {}
@@ -108,6 +110,7 @@ class Measure(Periodic):
         used = {name: cpu_seconds(pids) for name, pids in self.groups.items()}
         generators = load_generators()
         used["loadgen"] = cpu_seconds(generators)
+        used["steal"] = steal_cores_seconds()
         self.loadgen_rss_mb = max(self.loadgen_rss_mb, sum(map(rss_mb, generators)))
         if self.last_used:
             span = max(now - self.last_tick, 1e-6)
@@ -134,6 +137,7 @@ class Measure(Periodic):
         self.cpu["other"] = max(
             0.0, (busy_cores_seconds() - self.busy) / self.wall - sum(self.cpu.values())
         )
+        self.cpu["steal"] = (steal_cores_seconds() - self.steal) / self.wall
         self.stalls.__exit__(None, None, None)  # after the children's CPU: not the load's
         self.store: dict[str, Any] = {
             "pool_waiting_max": self.waiting_max, "store_errors": 0.0, "lookups": {}

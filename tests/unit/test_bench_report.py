@@ -343,6 +343,14 @@ def test_saturation_verdicts() -> None:
     assert rr.saturation({}, 2) == "no CPU samples"
 
 
+def test_steal_is_the_machines_share_not_the_busiest_tier() -> None:
+    stolen = {"cpu": {"api-1": 0.6, "nginx": 0.3, "other": 0.4, "steal": 0.9}}
+    verdict = rr.saturation(stolen, 2)
+    assert "the largest share: api-1 (0.60 cores)" in verdict
+    assert "the hypervisor took 0.90 cores (steal)" in verdict
+    assert "steal" not in rr.saturation({"cpu": {"api-1": 0.2, "steal": 0.05}}, 2)
+
+
 def test_why_is_computed_for_a_missed_target() -> None:
     fixed = by_name(SAMPLE)[("fixed", "surge req/s ≥ 1.3 x the bare handler's")]
     reason = rr.why(fixed, SAMPLE)
@@ -447,6 +455,10 @@ def test_a_cpu_miss_is_set_against_the_stack_floor_of_the_same_run() -> None:
     assert (
         "surge's own work on top: 120 µs (replicas 80, nginx 20, Redis and Postgres 20)" in reason
     )
+    assert "steal" not in reason  # these runs did not record it
+    ramp["k6"]["cpu"]["steal"], ramp[rr.STACK_FLOOR]["cpu"]["steal"] = 0.25, 0.05
+    reason = rr.why(cpu, results)
+    assert "the hypervisor took 0.05 cores (steal) during the stack floor's run, 0.25" in reason
 
 
 def test_an_offered_load_miss_is_set_against_what_the_floor_answered() -> None:
